@@ -1,0 +1,3 @@
+from nst_jax.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""The `nst-jax` command line: stylize | gatys | convert | download | info.
+
+Each subcommand lives in `nst_jax.commands.<module>` and exposes `register(subparsers)`, which adds its parser and
+sets `func` (called with the parsed namespace, returning an exit code). Heavy imports (jax) happen inside `func`, so
+`nst-jax --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from nst_jax import __version__
+from nst_jax.errors import NstError
+
+# Subcommand modules, in the order `--help` lists them.
+COMMAND_MODULES = ("stylize", "gatys", "weights")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every available subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="nst-jax",
+        description="Neural style transfer in JAX: AdaIN, Gatys et al., weight conversion.",
+    )
+    parser.add_argument("--version", action="version", version=f"nst-jax {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"nst_jax.commands.{name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except NstError as e:
+        print(f"nst-jax: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nst-jax: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("nst-jax: error: out of memory (try a smaller --content-size)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
