@@ -1,0 +1,468 @@
+"""A safe reader for PyTorch `.pth` files that needs neither torch nor trust in the file.
+
+`torch.load` is `pickle.load`: a file can name any Python callable and have it run. This reader unpickles with
+an allow-list of the few globals a `state_dict` needs, each mapped to a local stand-in (never to torch, never
+to the named object), and refuses anything else with a `WeightsError` naming the global; nothing from the file
+runs.
+
+Both serialisations that `torch.save` has produced are read:
+
+- the zip archive (PyTorch >= 1.6): `<name>/data.pkl` pickles the object with persistent ids `('storage',
+  StorageType, key, location, numel)`; storage `key` lives in `<name>/data/<key>`, its byte order in
+  `<name>/byteorder`;
+- the legacy stream (PyTorch < 1.6, e.g. torchvision's `vgg19-dcbb9e9d.pth` of 2017 and pytorch-AdaIN's 2018
+  release): five consecutive pickles (magic number, protocol version, system info, the object with persistent
+  ids `('storage', StorageType, key, location, numel, view_metadata)`, the sorted list of storage keys)
+  followed, for each key, by a little-endian int64 element count and the raw little-endian bytes.
+
+Tensors are rebuilt from (storage, offset, size, stride) with NumPy, so non-contiguous and offset views come
+out right. Only the storages of the tensors asked for are read (torchvision's classifier is 80% of its file).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+import zipfile
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nst_jax.errors import WeightsError
+
+MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+PROTOCOL_VERSION = 1001
+
+
+def _bfloat16() -> np.dtype:
+    import ml_dtypes  # a dependency of jax; numpy has no bfloat16
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+# Storage class name -> little-endian element type.
+_STORAGE_DTYPES: dict[str, Callable[[], np.dtype]] = {
+    "FloatStorage": lambda: np.dtype("<f4"),
+    "DoubleStorage": lambda: np.dtype("<f8"),
+    "HalfStorage": lambda: np.dtype("<f2"),
+    "BFloat16Storage": _bfloat16,
+    "LongStorage": lambda: np.dtype("<i8"),
+    "IntStorage": lambda: np.dtype("<i4"),
+    "ShortStorage": lambda: np.dtype("<i2"),
+    "CharStorage": lambda: np.dtype("i1"),
+    "ByteStorage": lambda: np.dtype("u1"),
+    "BoolStorage": lambda: np.dtype("?"),
+    "UntypedStorage": lambda: np.dtype("u1"),
+}
+
+
+class _Refused(Exception):
+    """Raised from inside the unpickler; turned into a WeightsError that names the file."""
+
+
+def _no_setstate(self: Any, state: Any) -> None:
+    raise _Refused(f"the pickle tries to modify {type(self).__name__.lstrip('_')} (a BUILD on an allowed "
+                   "object); refused, nothing from the file was run")
+
+
+# Every object the pickle can reach is immutable (frozen, slotted, and an explicit __setstate__ that refuses,
+# since the one dataclasses generates for frozen slotted classes would assign fields): a BUILD opcode cannot
+# alter a stand-in and so cannot change how a later file in the same process is read.
+@dataclass(frozen=True, slots=True)
+class _StorageType:
+    name: str
+    __setstate__ = _no_setstate
+
+    @property
+    def dtype(self) -> np.dtype:
+        return _STORAGE_DTYPES[self.name]()
+
+
+@dataclass(frozen=True, slots=True)
+class _StorageRef:
+    """A storage named by a persistent id; its bytes are read after unpickling (legacy files: at the end)."""
+
+    key: str
+    dtype: np.dtype
+    numel: int
+    view_offset: int = 0  # legacy storage views: elements into the root storage
+    view_numel: int | None = None
+    __setstate__ = _no_setstate
+
+
+@dataclass(frozen=True, slots=True)
+class _TensorRef:
+    storage: _StorageRef
+    offset: int
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+    __setstate__ = _no_setstate
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    """Stand-in for a harmless torch object that only appears as an argument (torch.strided, torch.Tensor)."""
+
+    name: str
+    __setstate__ = _no_setstate
+
+
+_TENSOR_TYPES = (_Token("torch.Tensor"), _Token("torch.nn.parameter.Parameter"))
+
+
+def _ints(value: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(value, (tuple, list)) or not all(isinstance(v, int) for v in value):
+        raise WeightsError(f"malformed tensor record: {what} is {value!r}")
+    return tuple(int(v) for v in value)
+
+
+def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any, *_: Any) -> _TensorRef:
+    # torch._utils._rebuild_tensor (PyTorch < 0.4) and the first four arguments of _rebuild_tensor_v2.
+    if not isinstance(storage, _StorageRef):
+        raise WeightsError(f"malformed tensor record: storage is {type(storage).__name__}")
+    if not isinstance(storage_offset, int):
+        raise WeightsError(f"malformed tensor record: offset is {storage_offset!r}")
+    size, stride = _ints(size, "size"), _ints(stride, "stride")
+    if len(size) != len(stride):
+        raise WeightsError(f"malformed tensor record: size {size} and stride {stride} differ in rank")
+    return _TensorRef(storage, storage_offset, size, stride)
+
+
+def _rebuild_parameter(data: Any, *_: Any) -> Any:
+    return data
+
+
+def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Any:
+    if new_type not in _TENSOR_TYPES or func not in (_REBUILD_TENSOR, _REBUILD_PARAMETER):
+        raise WeightsError(f"unsupported tensor subclass {new_type!r} in the pickle")
+    return func(*args)
+
+
+def _get_layout(name: Any) -> _Token:
+    return _Token(f"layout {name}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """A read-only callable: a function has a writable __dict__ and __defaults__; this has neither."""
+
+    fn: Callable[..., Any]
+
+    __setstate__ = _no_setstate
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+
+_REBUILD_TENSOR = _Call(_rebuild_tensor)
+_REBUILD_PARAMETER = _Call(_rebuild_parameter)
+
+
+def _build_allowed() -> dict[tuple[str, str], Any]:
+    allowed: dict[tuple[str, str], Any] = {
+        ("collections", "OrderedDict"): OrderedDict,
+        ("torch._utils", "_rebuild_tensor"): _REBUILD_TENSOR,
+        ("torch._utils", "_rebuild_tensor_v2"): _REBUILD_TENSOR,
+        ("torch._utils", "_rebuild_parameter"): _REBUILD_PARAMETER,
+        ("torch._utils", "_rebuild_parameter_with_state"): _REBUILD_PARAMETER,
+        ("torch._tensor", "_rebuild_from_type_v2"): _Call(_rebuild_from_type_v2),
+        ("torch.serialization", "_get_layout"): _Call(_get_layout),
+        ("torch", "Tensor"): _TENSOR_TYPES[0],
+        ("torch.nn.parameter", "Parameter"): _TENSOR_TYPES[1],
+        ("torch", "Size"): tuple,
+        ("torch", "strided"): _Token("torch.strided"),
+    }
+    for name in _STORAGE_DTYPES:
+        allowed[("torch", name)] = _StorageType(name)
+        allowed[("torch.cuda", name)] = _StorageType(name)  # saved from a GPU: the bytes are the same
+    return allowed
+
+
+_ALLOWED = _build_allowed()
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only allow-listed globals, to local stand-ins."""
+
+    def __init__(self, file: Any, storages: dict[str, _StorageRef] | None = None, legacy: bool = False):
+        super().__init__(file, encoding="utf-8")  # Python 2 pickles (2017 files) hold byte-string keys
+        self._storages = storages if storages is not None else {}
+        self._legacy = legacy
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            pass
+        if module.startswith(("torch.nn", "torchvision")) or module in ("__main__", "net"):
+            raise _Refused(f"it holds a whole pickled model ({module}.{name}), not a state_dict: in PyTorch, "
+                           "save model.state_dict() and use that file")
+        raise _Refused(f"it asks for the Python global {module}.{name}, which a state_dict never needs; "
+                       "refused, nothing from the file was run")
+
+    def persistent_load(self, pid: Any) -> Any:
+        if not isinstance(pid, tuple) or not pid:
+            raise _Refused(f"unknown persistent id {pid!r}")
+        kind = pid[0].decode("ascii") if isinstance(pid[0], bytes) else pid[0]
+        if kind == "module":
+            raise _Refused("it holds a whole pickled model, not a state_dict: in PyTorch, save "
+                           "model.state_dict() and use that file")
+        if kind != "storage":
+            raise _Refused(f"unknown persistent id type {kind!r}")
+        if self._legacy:
+            if len(pid) != 6:
+                raise _Refused(f"malformed legacy storage id {pid!r}")
+            _, stype, key, _location, numel, view = pid
+        else:
+            if len(pid) != 5:
+                raise _Refused(f"malformed storage id {pid!r}")
+            _, stype, key, _location, numel = pid
+            view = None
+        if not isinstance(stype, _StorageType) or not isinstance(numel, int):
+            raise _Refused(f"malformed storage id {pid!r}")
+        key = str(key)
+        root = self._storages.get(key)
+        if root is None:
+            root = self._storages[key] = _StorageRef(key, stype.dtype, numel)
+        if view is None:
+            return root
+        view_key, offset, view_numel = view
+        return _StorageRef(root.key, root.dtype, root.numel, int(offset), int(view_numel))
+
+
+def _unpickle(f: Any, path: Path, **kw: Any) -> Any:
+    try:
+        return _SafeUnpickler(f, **kw).load()
+    except _Refused as e:
+        raise WeightsError(f"{path}: {e}") from None
+    except WeightsError as e:
+        raise WeightsError(f"{path}: {e}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            UnicodeDecodeError, struct.error) as e:
+        raise WeightsError(f"{path}: not a readable PyTorch file ({type(e).__name__}: {e})") from None
+
+
+def _walk(obj: Any, fn: Callable[[Any], Any]) -> Any:
+    """Rebuild containers, replacing each `_TensorRef` by fn(ref)."""
+    if isinstance(obj, _TensorRef):
+        return fn(obj)
+    if isinstance(obj, OrderedDict):
+        return OrderedDict((k, _walk(v, fn)) for k, v in obj.items())
+    if isinstance(obj, dict):
+        return {k: _walk(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_walk(v, fn) for v in obj)
+    return obj
+
+
+def _select(obj: Any, select: Callable[[str], bool] | None) -> Any:
+    """Drop top-level entries whose key `select` rejects (their storages are then never read)."""
+    if select is None or not isinstance(obj, Mapping):
+        return obj
+    return type(obj)((k, v) for k, v in obj.items() if not isinstance(k, str) or select(k))
+
+
+def _needed_keys(obj: Any) -> set[str]:
+    keys: set[str] = set()
+
+    def note(ref: _TensorRef) -> _TensorRef:
+        keys.add(ref.storage.key)
+        return ref
+
+    _walk(obj, note)
+    return keys
+
+
+def _materialize(ref: _TensorRef, storages: Mapping[str, np.ndarray], path: Path) -> np.ndarray:
+    data = storages[ref.storage.key]
+    if ref.storage.view_numel is not None:
+        data = data[ref.storage.view_offset: ref.storage.view_offset + ref.storage.view_numel]
+    size, stride, offset = ref.size, ref.stride, ref.offset
+    if any(s < 0 for s in size) or any(s < 0 for s in stride) or offset < 0:
+        raise WeightsError(f"{path}: malformed tensor (size {size}, stride {stride}, offset {offset})")
+    if 0 in size:
+        return np.zeros(size, data.dtype)
+    last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
+    if last >= data.size:
+        raise WeightsError(f"{path}: a tensor of size {size} reaches element {last} of a storage of "
+                           f"{data.size}: the file is truncated or corrupt")
+    view = np.lib.stride_tricks.as_strided(data[offset:], shape=size,
+                                           strides=tuple(s * data.itemsize for s in stride), writeable=False)
+    return np.array(view, dtype=data.dtype.newbyteorder("=") if data.dtype.byteorder == ">" else data.dtype,
+                    order="C")
+
+
+def _is_zip(head: bytes) -> bool:
+    return head[:4] == b"PK\x03\x04"
+
+
+def _is_legacy(head: bytes) -> bool:
+    # A pickle (PROTO opcode) whose first object is the magic number, a 10-byte LONG1 (after a FRAME for
+    # protocol >= 4).
+    return head[:1] == b"\x80" and MAGIC_NUMBER.to_bytes(10, "little") in head[:32]
+
+
+def is_pth(path: str | Path) -> bool:
+    """Whether the file looks like a torch.save file (zip with data.pkl, or the legacy magic number)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if _is_legacy(head):
+        return True
+    if _is_zip(head):
+        try:
+            with zipfile.ZipFile(path) as z:
+                return any(n.endswith("data.pkl") for n in z.namelist())
+        except zipfile.BadZipFile:
+            return False
+    return False
+
+
+def _load_zip(path: Path, select: Callable[[str], bool] | None) -> Any:
+    try:
+        z = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as e:
+        raise WeightsError(f"{path}: not a readable PyTorch zip archive ({e})") from None
+    with z:
+        names = z.namelist()
+        pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
+        if not pkl:
+            raise WeightsError(f"{path}: a zip archive without data.pkl is not a torch.save file")
+        prefix = min(pkl, key=len)[: -len("data.pkl")]
+        byteorder = "little"
+        if prefix + "byteorder" in names:
+            byteorder = z.read(prefix + "byteorder").decode("ascii", "replace").strip()
+        if byteorder not in ("little", "big"):
+            raise WeightsError(f"{path}: unknown byte order {byteorder!r}")
+        storages: dict[str, _StorageRef] = {}
+        obj = _unpickle(io.BytesIO(z.read(prefix + "data.pkl")), path, storages=storages)
+        obj = _select(obj, select)
+        arrays = {}
+        for key in _needed_keys(obj):
+            ref = storages[key]
+            name = f"{prefix}data/{key}"
+            if name not in names:
+                raise WeightsError(f"{path}: storage {name} is missing from the archive")
+            raw = z.read(name)
+            nbytes = ref.numel * ref.dtype.itemsize
+            if len(raw) < nbytes:
+                raise WeightsError(f"{path}: storage {name} has {len(raw)} bytes, expected {nbytes}")
+            swap = byteorder == "big" and ref.dtype.itemsize > 1
+            dtype = ref.dtype.newbyteorder(">") if swap else ref.dtype
+            arrays[key] = np.frombuffer(raw, dtype, count=ref.numel)
+    return _walk(obj, lambda r: _materialize(r, arrays, path))
+
+
+def _load_legacy(path: Path, select: Callable[[str], bool] | None) -> Any:
+    with open(path, "rb") as f:
+        magic = _unpickle(f, path)
+        if magic != MAGIC_NUMBER:
+            raise WeightsError(f"{path}: wrong magic number; not a PyTorch file")
+        version = _unpickle(f, path)
+        if version != PROTOCOL_VERSION:
+            raise WeightsError(f"{path}: unsupported PyTorch serialisation protocol {version!r}")
+        sys_info = _unpickle(f, path)
+        if isinstance(sys_info, Mapping) and sys_info.get("little_endian") is False:
+            # Writers convert to little-endian since PyTorch 0.4; older big-endian files are unheard of.
+            raise WeightsError(f"{path}: written on a big-endian machine, which this reader does not support")
+        storages: dict[str, _StorageRef] = {}
+        obj = _unpickle(f, path, storages=storages, legacy=True)
+        keys = _unpickle(f, path)
+        if not isinstance(keys, list):
+            raise WeightsError(f"{path}: malformed storage key list")
+        obj = _select(obj, select)
+        needed = _needed_keys(obj)
+        arrays: dict[str, np.ndarray] = {}
+        for key in (str(k) for k in keys):
+            header = f.read(8)
+            if len(header) != 8:
+                raise WeightsError(f"{path}: the file ends before storage {key}: truncated download?")
+            (numel,) = struct.unpack("<q", header)
+            ref = storages.get(key)
+            if ref is None:
+                raise WeightsError(f"{path}: storage {key} is listed but never used")
+            nbytes = numel * ref.dtype.itemsize
+            if key in needed:
+                raw = f.read(nbytes)
+                if len(raw) != nbytes:
+                    raise WeightsError(f"{path}: the file ends inside storage {key}: truncated download?")
+                arrays[key] = np.frombuffer(raw, ref.dtype, count=numel)
+            else:
+                f.seek(nbytes, io.SEEK_CUR)
+        missing = needed - set(arrays)
+        if missing:
+            raise WeightsError(f"{path}: storages {sorted(missing)[:3]} have no data in the file")
+        end = f.tell()
+        if end > path.stat().st_size:
+            raise WeightsError(f"{path}: the file is shorter than its storages: truncated download?")
+    return _walk(obj, lambda r: _materialize(r, arrays, path))
+
+
+def load_pth(path: str | Path, select: Callable[[str], bool] | None = None) -> Any:
+    """Read a torch.save file into plain Python containers of NumPy arrays, without torch and without trust.
+
+    Args:
+      path: a .pth/.pt file written by `torch.save` (zip or legacy serialisation).
+      select: for a top-level dict, keep only the keys for which this returns True; the others' data is never
+        read.
+
+    Returns:
+      The saved object with every tensor replaced by a NumPy array of its dtype (float16 stays float16).
+
+    Raises:
+      WeightsError: the file is not a torch.save file, is truncated, or names a Python global outside the
+        allow-list (a pickled model object, or a malicious payload); nothing from the file is executed.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except FileNotFoundError:
+        raise WeightsError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise WeightsError(f"{path} is a directory, not a weights file") from None
+    except OSError as e:
+        raise WeightsError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        if _is_zip(head):
+            return _load_zip(path, select)
+        if _is_legacy(head):
+            return _load_legacy(path, select)
+    except RecursionError:
+        raise WeightsError(f"{path}: containers nested too deeply for a state_dict") from None
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        raise WeightsError(f"{path}: a tar-format torch file (PyTorch before 0.1.10) is not supported; "
+                           "re-save it with a newer PyTorch")
+    raise WeightsError(f"{path}: not a PyTorch file (neither a zip archive nor the legacy magic number)")
+
+
+def load_state_dict(path: str | Path, select: Callable[[str], bool] | None = None) -> dict[str, np.ndarray]:
+    """Read a torch.save'd `state_dict` (name -> tensor) as name -> NumPy array.
+
+    A checkpoint that wraps the state_dict under "state_dict" or "model" is unwrapped.
+
+    Raises:
+      WeightsError: as `load_pth`, or if the file holds something other than a flat dict of tensors.
+    """
+    path = Path(path)
+    obj = load_pth(path, select)
+    for wrapper in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{path} holds a {type(obj).__name__}, not a state_dict (a dict of tensors)")
+    out: dict[str, np.ndarray] = {}
+    for k, v in obj.items():
+        if isinstance(v, np.ndarray):
+            out[str(k)] = v
+        elif not (isinstance(v, (int, float, str)) or v is None):
+            raise WeightsError(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor; not a state_dict")
+    if not out:
+        raise WeightsError(f"{path} holds no tensors")
+    return out
