@@ -132,7 +132,7 @@ def conv2d(x: Array, kernel: Array, bias: Array | None = None, padding: Padding 
 
     padding="reflect" is implemented as reflect-pad, SAME convolution, crop: numerically the VALID convolution of the
     reflected input (the border outputs that saw zeros are cropped away), but XLA's CPU backend runs SAME
-    convolutions several times faster than VALID ones (measured in DESIGN.md and benchmarks/encoder.py).
+    convolutions about 2x faster than VALID ones (measured in DESIGN.md and benchmarks/encoder.py --explore).
     """
     kh, kw = kernel.shape[0], kernel.shape[1]
     if padding == "valid" or (kh == 1 and kw == 1):
@@ -171,6 +171,17 @@ def _pool_padding(x: Array, window: int, stride: int, ceil_mode: bool) -> list[t
 def max_pool(x: Array, window: int = 2, stride: int = 2, ceil_mode: bool = False) -> Array:
     """Max pooling (torch MaxPool2d(window, stride, ceil_mode=...)); ceil mode keeps the odd last row/column."""
     pads = _pool_padding(x, window, stride, ceil_mode)
+    if window == stride == 2:
+        # VGG's pooling as the maximum of four strided slices (the same values): XLA then fuses the
+        # producer's crop, bias and ReLU with the pool into one loop. As reduce_window, XLA CPU hands it to
+        # YNNPACK, which for the reflect-padded encoder added a separate crop and a materialised zero tensor
+        # per pool (relu4_1 at 512 px: 1.47 s -> 1.36 s CPU time on one core; zero padding unchanged;
+        # benchmarks/encoder.py --explore).
+        if any(p != (0, 0) for p in pads):
+            x = jnp.pad(x, pads, constant_values=-jnp.inf)
+        h, w = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2
+        return jnp.maximum(jnp.maximum(x[:, 0:h:2, 0:w:2], x[:, 0:h:2, 1:w:2]),
+                           jnp.maximum(x[:, 1:h:2, 0:w:2], x[:, 1:h:2, 1:w:2]))
     return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), pads)
 
 
