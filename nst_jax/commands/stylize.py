@@ -1,0 +1,280 @@
+"""`nst-jax stylize`: AdaIN arbitrary style transfer of image files and folders, one forward pass each."""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+COLOR_MODES = ("luminance", "histogram")
+# Output types Pillow writes (checked before any work so a bad -o / --ext fails early).
+_SAVE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+EXAMPLES = """\
+examples:
+  nst-jax stylize photo.jpg --style starry.jpg -o out.png
+  nst-jax stylize photos/ --style styles/ --out-dir output            # every content x every style
+  nst-jax stylize photo.jpg --style a.jpg --style b.jpg --style-weights 0.7,0.3
+  nst-jax stylize photo.jpg --style sky.jpg --style ground.jpg --mask sky_mask.png --mask ground_mask.png
+  nst-jax stylize photo.jpg --style starry.jpg --alpha 0.6 --preserve-color luminance
+  nst-jax stylize photo.jpg --style starry.jpg --content-size 0        # keep the photo's full resolution
+  nst-jax stylize photo.jpg --style starry.jpg --checkpoint runs/adain # a decoder you trained
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `stylize` subcommand."""
+    p = subparsers.add_parser(
+        "stylize", help="AdaIN style transfer: any content, any style, one forward pass",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "Stylize content images with style images (AdaIN, Huang & Belongie 2017). Folders stand "
+            "for all their images. Several --style options give every content x style pair, unless "
+            "--style-weights blends them into one style or --mask places them. Outputs are named "
+            "CONTENT_stylized_STYLE.EXT in --out-dir (or -o for a single output) and never overwrite "
+            "existing files unless --overwrite. Without weight options, pytorch-AdaIN's released "
+            "encoder and decoder are used from the cache (downloaded once).", width=88),
+        epilog=EXAMPLES)
+    p.add_argument("content", nargs="+", metavar="CONTENT", help="content image files or folders of images")
+    p.add_argument("-s", "--style", action="append", required=True, metavar="STYLE",
+                   help="style image file or folder (repeat for several styles)")
+    p.add_argument("--style-weights", metavar="W1,W2,...",
+                   help="blend the styles with these weights (floats, normalised to sum to 1)")
+    p.add_argument("--alpha", type=float, default=1.0,
+                   help="stylization strength: 1 = full style, 0 = the content (default 1)")
+    p.add_argument("--preserve-color", choices=COLOR_MODES,
+                   help="keep the content's colours: luminance (stylize, then restore the content's chroma) "
+                        "or histogram (recolour the style image to the content's colours first)")
+    p.add_argument("--mask", action="append", metavar="MASK",
+                   help="spatial control: one mask image per --style, white where that style goes (or one "
+                        "mask for two styles: white = first, black = second); same aspect ratio as the "
+                        "content")
+    p.add_argument("--content-size", type=int, default=512, metavar="N",
+                   help="resize contents so the shorter side is N (0 = keep the original size; default 512)")
+    p.add_argument("--style-size", type=int, default=512, metavar="N",
+                   help="resize styles so the shorter side is N (0 = keep the original size; default 512)")
+    p.add_argument("--crop", action="store_true",
+                   help="centre-crop contents and styles to N x N after resizing")
+    w = p.add_argument_group("weights (default: pytorch-AdaIN's released vgg_normalised + decoder)")
+    w.add_argument("--vgg", metavar="FILE",
+                   help="VGG19 encoder weights (registry name or file); must be the encoder the decoder was "
+                        "trained with")
+    dec = w.add_mutually_exclusive_group()
+    dec.add_argument("--decoder", metavar="FILE", help="decoder weights: pytorch-AdaIN decoder.pth or a .npz")
+    dec.add_argument("--checkpoint", metavar="DIR",
+                     help="a training --workdir (latest step) or checkpoint step directory")
+    o = p.add_argument_group("output")
+    o.add_argument("-o", "--output", metavar="OUT", help="output file, when there is exactly one output")
+    o.add_argument("--out-dir", metavar="DIR", help="output folder (default: ./output)")
+    o.add_argument("--ext", default="png", metavar="EXT",
+                   help="output file type for --out-dir: png (default, lossless) or jpg")
+    o.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(func=run)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One output: a content image stylized with one style, a blend, or masked styles."""
+
+    content: Path
+    styles: tuple[Path, ...]
+    out: Path
+
+
+def _parse_weights(text: str | None) -> list[float] | None:
+    from nst_jax.errors import NstError
+
+    if text is None:
+        return None
+    try:
+        weights = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise NstError(f"--style-weights must be comma-separated numbers, got {text!r}") from None
+    if not weights or any(w < 0 or w != w or w == float("inf") for w in weights) or sum(weights) <= 0:
+        raise NstError(f"--style-weights must be non-negative numbers with a positive sum, got {text!r}")
+    return weights
+
+
+def _expand(items: list[str], what: str) -> list[Path]:
+    from nst_jax.errors import ImageError
+    from nst_jax.image import list_images
+
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            paths += list_images(p)
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise ImageError(f"no such {what} image or folder: {p}")
+    return paths
+
+
+def _fmt_weight(w: float) -> str:
+    return f"{w:.3g}"
+
+
+def _output_name(content: Path, styles: tuple[Path, ...], mode: str, weights: list[float] | None,
+                 ext: str) -> str:
+    if mode == "blend":
+        total = sum(weights)
+        style = "_".join(f"{s.stem}{_fmt_weight(w / total)}" for s, w in zip(styles, weights, strict=True))
+    elif mode == "mask":
+        style = "_".join(s.stem for s in styles) + "_masked"
+    else:
+        style = styles[0].stem
+    return f"{content.stem}_stylized_{style}.{ext}"
+
+
+def plan(args: argparse.Namespace) -> tuple[list[Job], str, list[float] | None]:
+    """Validate the arguments and list every output, before any image is decoded or any weight loaded.
+
+    Returns:
+      (jobs, mode, weights): mode is "pairs", "blend" or "mask".
+    """
+    from nst_jax.errors import ImageError, NstError
+
+    if not 0.0 <= args.alpha <= 1.0:
+        raise NstError(f"--alpha must be in [0, 1], got {args.alpha}")
+    for flag, size in (("--content-size", args.content_size), ("--style-size", args.style_size)):
+        if size < 0:
+            raise NstError(f"{flag} must be >= 0, got {size}")
+        if args.crop and size == 0:
+            raise NstError(f"--crop needs a size to crop to; {flag} is 0")
+    weights = _parse_weights(args.style_weights)
+    if weights is not None and args.mask:
+        raise NstError("--style-weights blends styles everywhere and --mask places them: give one or the "
+                       "other")
+    mode = "blend" if weights is not None else "mask" if args.mask else "pairs"
+    contents = _expand(args.content, "content")
+    if mode == "pairs":
+        styles = _expand(args.style, "style")
+    else:
+        styles = []
+        for s in args.style:
+            p = Path(s)
+            if p.is_dir():
+                raise NstError(f"--style {p} is a folder; with --style-weights or --mask, list the style "
+                               f"files")
+            if not p.is_file():
+                raise ImageError(f"no such style image: {p}")
+            styles.append(p)
+    if mode == "blend" and len(weights) != len(styles):
+        raise NstError(f"--style-weights has {len(weights)} values for {len(styles)} styles")
+    if mode == "mask":
+        for m in args.mask:
+            if not Path(m).is_file():
+                raise ImageError(f"no such mask image: {m}")
+        if not (len(args.mask) == len(styles) or (len(args.mask) == 1 and len(styles) == 2)):
+            raise NstError(f"got {len(args.mask)} --mask for {len(styles)} --style: give one mask per style"
+                           + (" (or one mask for two styles)" if len(styles) == 2 else ""))
+    groups = [(s,) for s in styles] if mode == "pairs" else [tuple(styles)]
+
+    ext = args.ext.lower().lstrip(".")
+    if f".{ext}" not in _SAVE_EXTENSIONS:
+        raise NstError(f"--ext must be an image type such as png or jpg, got {args.ext!r}")
+    n = len(contents) * len(groups)
+    if args.output is not None:
+        if args.out_dir is not None:
+            raise NstError("give -o OUT for one output or --out-dir DIR, not both")
+        if n != 1:
+            raise NstError(f"-o names one output but this run makes {n}; use --out-dir")
+        if Path(args.output).suffix.lower() not in _SAVE_EXTENSIONS:
+            raise NstError(f"-o {args.output}: unknown image extension; use .png or .jpg")
+        jobs = [Job(contents[0], groups[0], Path(args.output))]
+    else:
+        out_dir = Path(args.out_dir or "output")
+        jobs = [Job(c, g, out_dir / _output_name(c, g, mode, weights, ext)) for c in contents for g in groups]
+    seen: dict[Path, Job] = {}
+    for job in jobs:
+        if job.out in seen:
+            raise NstError(f"two outputs would both be named {job.out} ({seen[job.out].content} and "
+                           f"{job.content} share a name); stylize them into different --out-dir")
+        seen[job.out] = job
+        if job.out.exists() and not args.overwrite:
+            raise ImageError(f"{job.out} exists; pass --overwrite to replace it")
+    return jobs, mode, weights
+
+
+def _load_content(path: Path, args: argparse.Namespace):
+    """(content (1, H, W, 3), (h, w) before cropping)."""
+    from nst_jax.image import center_crop, load_image
+
+    size = args.content_size or None
+    img = load_image(path, size=size)
+    before = img.shape[1:3]
+    if args.crop:
+        img = center_crop(img, args.content_size)
+    return img, before
+
+
+def _fit_masks(masks: list, content_path: Path, mask_paths: list[str], before: tuple[int, int],
+               args: argparse.Namespace) -> list:
+    """Resize the masks to the content (as loaded, before cropping), then crop them the same way."""
+    import numpy as np
+
+    from nst_jax.errors import ImageError
+    from nst_jax.image import center_crop, resize
+
+    h, w = before
+    out = []
+    for m, mp in zip(masks, mask_paths, strict=True):
+        mh, mw = m.shape
+        if abs((mw / mh) / (w / h) - 1.0) > 0.02:
+            raise ImageError(f"mask {mp} is {mw}x{mh}, content {content_path} is {w}x{h} after resizing: "
+                             f"their aspect ratios differ (masks must have the content's shape)")
+        m = np.asarray(resize(m[None, :, :, None], (h, w), "bilinear"))
+        if args.crop:
+            m = center_crop(m, args.content_size)
+        out.append(np.clip(m[0, :, :, 0], 0.0, 1.0))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    """Stylize every planned output; returns 0, or raises NstError (printed as one line by the dispatcher)."""
+    jobs, mode, weights = plan(args)
+
+    from tqdm import tqdm
+
+    from nst_jax.image import load_image, load_mask, save_image
+    from nst_jax.stylize import Stylizer, tune_allocator
+
+    tune_allocator()
+    # Decode every input once before loading weights or writing anything, so a bad file stops the run early.
+    style_size = args.style_size or None
+    styles = {p: load_image(p, size=style_size, crop=args.crop) for p in dict.fromkeys(
+        s for job in jobs for s in job.styles)}
+    masks = [load_mask(m) for m in args.mask] if mode == "mask" else []
+    contents = list(dict.fromkeys(job.content for job in jobs))
+    loaded: dict = {}
+    for c in contents:
+        image_and_size = _load_content(c, args)
+        if masks:
+            _fit_masks(masks, c, args.mask, image_and_size[1], args)
+        if len(contents) == 1:  # keep it; a folder's images are decoded again one at a time, to spare memory
+            loaded[c] = image_and_size
+
+    stylizer = Stylizer.load(vgg=args.vgg, decoder=args.decoder, checkpoint=args.checkpoint)
+    bar = tqdm(total=len(jobs), unit="img", desc="stylize", disable=len(jobs) < 2, dynamic_ncols=True)
+    try:
+        for job in jobs:
+            if job.content not in loaded:
+                loaded = {job.content: _load_content(job.content, args)}
+            content, before = loaded[job.content]
+            kw = {"alpha": args.alpha, "preserve_color": args.preserve_color}
+            if mode == "mask":
+                kw["masks"] = _fit_masks(masks, job.content, args.mask, before, args)
+            elif mode == "blend":
+                kw["weights"] = weights
+            out = stylizer.stylize(content, [styles[s] for s in job.styles], **kw)
+            save_image(job.out, out[0], overwrite=args.overwrite)
+            if len(jobs) < 2:
+                print(job.out)
+            else:
+                bar.write(str(job.out))
+            bar.update(1)
+    finally:
+        bar.close()
+    return 0
