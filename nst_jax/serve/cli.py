@@ -270,7 +270,10 @@ def run(args: argparse.Namespace) -> int:
     from nst_jax.serve.app import LiveServer, ServerConfig
     from nst_jax.serve.sources import Recorder, VideoSource
     from nst_jax.serve.styles import StyleLibrary, fill_library, load_gallery
+    from nst_jax.stylize import tune_allocator
 
+    # Before the first computation: keeps XLA's per-call scratch memory in the process (see tune_allocator).
+    tune_allocator()
     source = None
     if args.camera is not None or args.video is not None:
         source = VideoSource(camera=args.camera, video=args.video)
