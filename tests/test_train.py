@@ -1,0 +1,329 @@
+"""The training loop end to end: tiny runs on image folders and mock tfds, checkpoints, resume after kill -9,
+data-parallel sharding, divergence, metrics and sample grids."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from configs import adain as adain_config  # noqa: E402
+from configs import tiny  # noqa: E402
+from nst_jax import checkpoints  # noqa: E402
+from nst_jax.errors import WeightsError  # noqa: E402
+from nst_jax.train import TrainingDiverged, train_and_evaluate  # noqa: E402
+
+
+def _image(path: Path, h: int, w: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    a = np.stack([np.sin(xx / (2 + seed % 5)) * 127 + 128, np.cos(yy / (3 + seed % 7)) * 127 + 128,
+                  rng.integers(0, 256, (h, w))], -1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a.astype(np.uint8)).save(path)
+
+
+@pytest.fixture(scope="module")
+def image_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("data")
+    for i in range(6):
+        _image(root / "content" / f"c{i}.jpg", 40 + 4 * i, 60 - 2 * i, i)
+        _image(root / "style" / "genre" / f"s{i}.png", 48, 44 + 3 * i, 100 + i)
+    (root / "content" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    return root / "content", root / "style"
+
+
+def _tiny(image_dirs, **overrides):
+    c = tiny.get_config()
+    c.content_data = f"folder:{image_dirs[0]}"
+    c.style_data = f"folder:{image_dirs[1]}"
+    c.progress = False
+    for k, v in overrides.items():
+        c[k] = v
+    return c
+
+
+def _events(workdir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Scalars and image tags of the TensorBoard event files (TFRecord framing, tensorboardX's protos)."""
+    from tensorboardX.proto import event_pb2
+
+    out: dict[str, list] = {}
+    for f in sorted(workdir.glob("events.out.tfevents*")):
+        raw, i = f.read_bytes(), 0
+        while i < len(raw):
+            (n,) = struct.unpack("<Q", raw[i:i + 8])
+            ev = event_pb2.Event()
+            ev.ParseFromString(raw[i + 12:i + 12 + n])
+            i += 12 + n + 4
+            for v in ev.summary.value:
+                value = v.simple_value if v.WhichOneof("value") == "simple_value" else "image"
+                out.setdefault(v.tag, []).append((ev.step, value))
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(image_dirs, tmp_path_factory) -> tuple[Path, dict]:
+    """One tiny run of 20 steps on the image folders (shared by the tests that inspect its outputs)."""
+    workdir = tmp_path_factory.mktemp("run")
+    summary = train_and_evaluate(_tiny(image_dirs), workdir)
+    return workdir, summary
+
+
+def test_tiny_run_on_image_folders_writes_everything_and_learns(trained):
+    workdir, summary = trained
+    assert summary["step"] == 20 and summary["start_step"] == 0
+    assert summary["skipped"]["content"] >= 1 and summary["skipped"]["style"] == 0  # broken.jpg, every epoch
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [10, 20]
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [5, 10, 15, 20]
+    losses = [r["loss"] for r in records]
+    assert all(np.isfinite(losses))
+    assert losses[-1] < 0.5 * losses[0], losses  # the loss falls over the run
+    for r in records:
+        assert r["loss"] == pytest.approx(r["loss_content"] + r["loss_style"], rel=1e-5)
+        assert r["images_per_sec"] == pytest.approx(2 * r["steps_per_sec"])
+    assert records[0]["learning_rate"] == pytest.approx(1e-3 / (1 + 5e-5 * 4))
+    assert records[-1]["data/skipped_content"] >= 1
+    events = _events(workdir)
+    for tag in ("loss", "loss_content", "loss_style", "style/relu1_1", "learning_rate", "steps_per_sec",
+                "images_per_sec", "grad_norm"):
+        assert [s for s, _ in events[tag]] == [5, 10, 15, 20], tag
+    assert [s for s, _ in events["samples"]] == [10, 20]
+    grid = np.asarray(Image.open(workdir / "samples" / "step_0000020.png"))
+    # 2 samples x (content | style | output), 32 px cells, 2 px padding
+    assert grid.shape == (2 + 2 * 34, 2 + 3 * 34, 3)
+    assert json.loads((workdir / "config.json").read_text())["vgg_weights"] == "random"
+
+
+def test_load_decoder_checkpoint_and_export(trained, tmp_path):
+    workdir, _ = trained
+    params, config = checkpoints.load_decoder_checkpoint(workdir)
+    assert config["step"] == 20 and config["vgg_weights"] == "random" and config["image_size"] == 32
+    assert params["conv4_1"]["kernel"].shape == (3, 3, 512, 256) and params["conv1_1"]["bias"].shape == (3,)
+    p10, c10 = checkpoints.load_decoder_checkpoint(workdir / "checkpoints" / "10")
+    assert c10["step"] == 10
+    assert not np.array_equal(p10["conv1_1"]["kernel"], params["conv1_1"]["kernel"])
+    p20, _ = checkpoints.load_decoder_checkpoint(workdir / "checkpoints")
+    np.testing.assert_array_equal(p20["conv2_1"]["kernel"], params["conv2_1"]["kernel"])
+    with pytest.raises(WeightsError, match="not a training checkpoint"):
+        checkpoints.load_decoder_checkpoint(tmp_path)
+    with pytest.raises(WeightsError, match="not found"):
+        checkpoints.load_decoder_checkpoint(tmp_path / "missing")
+
+    out = checkpoints.export_decoder(workdir, tmp_path / "decoder.npz")
+    from nst_jax.weights.npz import load_npz
+
+    exported, meta = load_npz(out)
+    assert meta["kind"] == "adain_decoder" and meta["step"] == 20
+    np.testing.assert_array_equal(exported["conv3_1"]["kernel"], params["conv3_1"]["kernel"])
+    with pytest.raises(WeightsError, match="exists"):
+        checkpoints.export_decoder(workdir, out)
+
+
+def test_rerun_resumes_and_extends(trained, image_dirs, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(trained[0], workdir)
+    again = train_and_evaluate(_tiny(image_dirs), workdir)
+    assert again["start_step"] == 20 and again["step"] == 20  # nothing left to do
+    longer = train_and_evaluate(_tiny(image_dirs, num_steps=25), workdir)
+    assert longer["start_step"] == 20 and longer["step"] == 25
+    assert checkpoints.load_decoder_checkpoint(workdir)[1]["step"] == 25
+    steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [5, 10, 15, 20, 25]
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(trained, image_dirs, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(trained[0], workdir)
+    before, _ = checkpoints.load_decoder_checkpoint(workdir)
+    with pytest.raises(TrainingDiverged, match=r"non-finite at step 21 .*last good checkpoint is step 20"):
+        train_and_evaluate(_tiny(image_dirs, num_steps=30, content_weight=float("nan")), workdir)
+    after, config = checkpoints.load_decoder_checkpoint(workdir)
+    assert config["step"] == 20
+    for name in before:
+        np.testing.assert_array_equal(after[name]["kernel"], before[name]["kernel"])
+
+
+def test_tiny_run_on_tfds_mock_data(tmp_path):
+    """`tfds:dtd` (its builder needs no TensorFlow) from tfds.testing.mock_data: no download, no files."""
+    import tensorflow_datasets as tfds
+
+    c = tiny.get_config()
+    c.progress = False
+    c.num_steps, c.log_every, c.checkpoint_every, c.sample_every = 4, 2, 2, 4
+    assert c.content_data == c.style_data == "tfds:dtd"
+    with tfds.testing.mock_data(num_examples=8):
+        summary = train_and_evaluate(c, tmp_path)
+    assert summary["step"] == 4
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [2, 4]
+    assert (tmp_path / "samples" / "step_0000004.png").exists()
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_adain_config_is_the_papers_recipe():
+    c = adain_config.get_config()
+    assert (c.batch_size, c.image_size, c.resize_size, c.resize_mode) == (8, 256, 512, "shorter")
+    assert (c.learning_rate, c.lr_decay, c.num_steps) == (1e-4, 5e-5, 160_000)
+    assert (c.content_weight, c.style_weight, c.vgg_weights) == (1.0, 10.0, "adain")
+    assert tuple(c.style_layers) == ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
+    assert c.content_data == "tfds:coco/2017" and c.style_data.startswith("folder:")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Subprocesses: the real command line, kill -9, and several (emulated) devices
+
+
+def _env(tmp_path: Path, devices: int | None = None) -> dict:
+    env = dict(os.environ)
+    env.update(JAX_PLATFORMS="cpu", NST_JAX_OFFLINE="1", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
+               NST_JAX_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT),
+               # the runs of one test share compiled programs through JAX's persistent cache
+               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    if devices:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return env
+
+
+def _train_cmd(workdir: Path, image_dirs, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "tiny.py"),
+            "--workdir", str(workdir), f"--config.content_data=folder:{image_dirs[0]}",
+            f"--config.style_data=folder:{image_dirs[1]}", "--config.progress=false",
+            "--config.image_size=16", "--config.resize_size=20", *extra]
+
+
+def _finished_steps(workdir: Path) -> list[int]:
+    root = workdir / "checkpoints"
+    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.exists() else []
+
+
+def test_kill_9_then_rerun_resumes_to_the_same_parameters(image_dirs, tmp_path):
+    args = ("--config.num_steps=24", "--config.checkpoint_every=4", "--config.log_every=4",
+            "--config.sample_every=24")
+    env = _env(tmp_path)
+    straight = tmp_path / "straight"
+    done = subprocess.run(_train_cmd(straight, image_dirs, *args), env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(killed, image_dirs, *args), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not _finished_steps(killed) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = _finished_steps(killed)
+    assert saved and saved[-1] < 24, f"the kill must land mid-run (checkpoints: {saved})"
+
+    resumed = subprocess.run(_train_cmd(killed, image_dirs, *args), env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming from step {saved[-1]}" in resumed.stderr + resumed.stdout
+    a, ca = checkpoints.load_decoder_checkpoint(straight)
+    b, cb = checkpoints.load_decoder_checkpoint(killed)
+    assert ca["step"] == cb["step"] == 24
+    for name in a:
+        for leaf in ("kernel", "bias"):
+            np.testing.assert_array_equal(b[name][leaf], a[name][leaf], err_msg=f"{name}/{leaf}")
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [4, 8, 12, 16, 20, 24]
+
+
+SHARDED = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np
+    assert jax.device_count() == 4, jax.devices()
+    sys.path.insert(0, {root!r})
+    from configs import tiny
+    from nst_jax import checkpoints, data, train
+
+    c = tiny.get_config()
+    c.content_data, c.style_data = "folder:{content}", "folder:{style}"
+    c.progress, c.batch_size, c.image_size, c.resize_size = False, 4, 32, 40
+    c.num_steps, c.log_every, c.checkpoint_every, c.sample_every = 2, 1, 2, 2
+    c.learning_rate = 1e-4
+    train.train_and_evaluate(c, {workdir!r})
+    logged = [json.loads(l)["loss"] for l in open({workdir!r} + "/metrics.jsonl")]
+
+    # The loop's first step again on one device: same initial decoder, same first batches.
+    tx = train.make_optimizer(c)
+    lc = train.LossConfig.from_config(c)
+    vgg_params, spec = checkpoints.resolve_vgg(c.vgg_weights)
+    step4 = train.make_train_step(tx, spec, lc, train.make_mesh())
+    aug = data.Augment(32, 40, min_side=c.min_image_side)
+    seeds = np.random.SeedSequence(c.seed).generate_state(2)
+    streams = [data.ImageStream(data.open_source(src), aug, batch_size=4, seed=int(s), threads=1)
+               for src, s in zip((c.content_data, c.style_data), seeds)]
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    def loss_and_grads(mesh):
+        rep, dat = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+        f = jax.value_and_grad(lambda p, v, a, b: train.compute_loss(p, v, a, b, spec, lc)[0])
+        return jax.jit(f, in_shardings=(rep, rep, dat, dat))
+
+    lg4, lg1 = loss_and_grads(train.make_mesh()), loss_and_grads(train.make_mesh(jax.devices()[:1]))
+    state = train.init_state(jax.random.PRNGKey(c.seed), tx)
+    rows = []
+    for _ in range(3):
+        # the same state and batch on both meshes
+        batch = next(streams[0]), next(streams[1])
+        (l4, g4), (l1, g1) = lg4(state.params, vgg_params, *batch), lg1(state.params, vgg_params, *batch)
+        d4, d1 = jax.tree.leaves(jax.tree.map(np.asarray, g4)), jax.tree.leaves(jax.tree.map(np.asarray, g1))
+        layer_rel = max(float(np.linalg.norm(a - b) / np.linalg.norm(b)) for a, b in zip(d4, d1))
+        grad_rel = float(np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(d4, d1))
+                                 / sum(np.sum(b ** 2) for b in d1)))
+        state, m4 = step4(state, vgg_params, *batch)
+        rows.append({{"loss4": float(l4), "loss1": float(l1), "step_loss": float(m4["loss"]),
+                     "grad_rel": grad_rel, "layer_rel": layer_rel,
+                     "replicated": all(x.sharding.is_fully_replicated for x in jax.tree.leaves(state)),
+                     "devices_used": len(state.params["conv1_1"]["kernel"].sharding.device_set)}})
+    print(json.dumps({{"logged": logged, "rows": rows, "devices": jax.device_count()}}))
+""")
+
+
+def test_sharded_over_4_devices_matches_one_device(image_dirs, tmp_path):
+    script = SHARDED.format(root=str(ROOT), content=image_dirs[0], style=image_dirs[1],
+                            workdir=str(tmp_path / "w"))
+    out = subprocess.run([sys.executable, "-c", script], env=_env(tmp_path, devices=4), capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["devices"] == 4
+    assert "(4 cpu device(s), global batch 4)" in out.stdout  # the loop's mesh spans the 4 devices
+    rows = result["rows"]
+    assert result["logged"][0] == pytest.approx(rows[0]["loss1"], rel=1e-5)  # the loop's sharded first step
+    for r in rows:
+        assert r["loss4"] == pytest.approx(r["loss1"], rel=1e-5)
+        assert r["step_loss"] == pytest.approx(r["loss1"], rel=1e-5)
+        assert r["grad_rel"] < 1e-5, rows  # the whole gradient, norm-wise
+        assert r["layer_rel"] < 1e-4, rows  # and every layer's
+        assert r["replicated"] and r["devices_used"] == 4  # state replicated over the 4 devices
+
+
+def test_command_line_errors_are_one_line(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config",
+                          str(ROOT / "configs" / "tiny.py"), "--workdir", str(tmp_path / "w"),
+                          f"--config.content_data=folder:{empty}"],
+                         env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert f"train.py: error: no image files under {empty}" in out.stderr
+    assert "Traceback" not in out.stderr
