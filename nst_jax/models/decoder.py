@@ -97,7 +97,8 @@ class Decoder(nnx.Module):
 
     def params_tree(self) -> dict:
         """The plain-dict parameter tree (for `decode`, export and checkpoints)."""
-        return {n: {"kernel": l["kernel"].get_value(), "bias": l["bias"].get_value()} for n, l in self.layers.items()}
+        return {n: {"kernel": layer["kernel"].get_value(), "bias": layer["bias"].get_value()}
+                for n, layer in self.layers.items()}
 
     def __call__(self, t: Array) -> Array:
         return decode(self.params_tree(), t)
