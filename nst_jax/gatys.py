@@ -682,8 +682,8 @@ def _float_terms(terms: Mapping[str, Array]) -> dict[str, float]:
 def stylize(content: Any, styles: Sequence[Any], params: Params, spec: vgg.VGGSpec,
             config: GatysConfig = GatysConfig(), *, style_blend: Sequence[float] | None = None,
             masks: Sequence[Any] | None = None, style_masks: Sequence[Any | None] | None = None,
-            callback: Callable[[GatysStep], None] | None = None, save_every: int | None = None,
-            progress: bool = False) -> GatysResult:
+            init_image: Any | None = None, callback: Callable[[GatysStep], None] | None = None,
+            save_every: int | None = None, progress: bool = False) -> GatysResult:
     """Optimise an image so its VGG19 features match the content's and its Gram matrices the styles'.
 
     Args:
@@ -695,6 +695,8 @@ def stylize(content: Any, styles: Sequence[Any], params: Params, spec: vgg.VGGSp
       style_blend: one weight per style (see `make_targets`).
       masks: one mask per style over the content image (H, W) in [0, 1], for spatial control.
       style_masks: per style, None or a mask over that style image.
+      init_image: start from this image (resized to the first scale) instead of `config.init`
+        (neural-style's -init_image).
       callback: called with a `GatysStep` after each chunk of iterations.
       save_every: also end a chunk at every multiple of this many (total) iterations, so a callback can save
         intermediate images there.
@@ -719,6 +721,8 @@ def stylize(content: Any, styles: Sequence[Any], params: Params, spec: vgg.VGGSp
         for i, m in enumerate(masks):
             if float(np.max(np.asarray(m, np.float32))) <= 0:
                 raise NstError(f"mask {i + 1} is empty (all black): it selects no pixels")
+    if init_image is not None:
+        init_image = _as_batch(init_image, "init image")
     if style_masks is not None and len(style_masks) != len(styles):
         raise NstError(f"{len(style_masks)} style masks for {len(styles)} styles")
     last = vgg.deepest(tuple(config.content_layers) + tuple(config.style_layers))
@@ -766,7 +770,9 @@ def stylize(content: Any, styles: Sequence[Any], params: Params, spec: vgg.VGGSp
                 s_imgs = [np.asarray(imagelib.coral(s, c_img)) for s in s_imgs]
             targets = make_targets(enc, spec, c_img, s_imgs, weights, config, style_blend=style_blend,
                                    masks=masks, style_masks=style_masks)
-            if x_prev is None:
+            if x_prev is None and init_image is not None:
+                x0 = np.asarray(imagelib.resize(init_image, hw, "bilinear"))
+            elif x_prev is None:
                 x0 = initial_image(config.init, c_img, s_imgs, config.seed)
             else:
                 x0 = np.asarray(imagelib.resize(x_prev, hw, "bilinear"))

@@ -16,9 +16,8 @@ LAYERS = ["--content-layers", "relu3_1", "--style-layers", "relu1_1,relu2_1,relu
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    from skimage import data
-
     import jax
+    from skimage import data
 
     from nst_jax import vgg
     from nst_jax.weights import save_npz
@@ -96,7 +95,7 @@ def test_torchvision_pth_weights_adam_and_histogram(files, tmp_path, capsys):
                      "--style", str(files / "style2.jpg"), "--style-weights", "0.3,0.7", *LAYERS,
                      "--weights", str(files / "vgg19.pth"), "--image-size", "24", "--optimizer", "adam",
                      "--iterations", "3", "--preserve-color", "histogram", "--style-scale", "0.5", "--quiet",
-                     "-o", str(out))
+                     "--init-image", str(files / "style2.jpg"), "-o", str(out))
     assert rc == 0, err
     assert load_image(out).shape == (1, 20, 24, 3)
 
@@ -108,6 +107,7 @@ def test_torchvision_pth_weights_adam_and_histogram(files, tmp_path, capsys):
     (["--style-weights", "1,x"], "--style-weights must be comma-separated numbers, got '1,x'"),
     (["--mask", "{d}/mask.png", "--mask", "{d}/mask.png", "--mask", "{d}/mask.png"], "got 3 --mask for 2 --style"),
     (["--mask", "{d}/nope.png"], "no such mask image: {d}/nope.png"),
+    (["--init-image", "{d}/nope.png"], "no such init image: {d}/nope.png"),
     (["--mask", "{d}/square_mask.png", *LAYERS, "--weights", "{d}/vgg.npz"], "aspect ratios differ"),
     (["--iterations", "5,5"], "--iterations has 2 values for 1 scales"),
     (["--layer-weights", "1,2"], "--layer-weights has 2 values for 5 style layers"),

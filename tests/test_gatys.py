@@ -322,6 +322,9 @@ def test_style_scale_histogram_and_masks_change_the_targets(params, pictures):
     assert initial(cfg={"style_scale": 0.5})["style"] == pytest.approx(manual(half), rel=1e-5)
     recoloured = np.asarray(image.coral(base, content))
     assert initial(cfg={"preserve_color": "histogram"})["style"] == pytest.approx(manual(recoloured), rel=1e-5)
+    # init_image replaces the start (resized to the content); with 0 iterations it is the result
+    out = gatys.stylize(content, [style], params, SPEC, cfg, init_image=style).image
+    np.testing.assert_allclose(out, np.clip(image.resize(style, (64, 64)), 1e-4, 1 - 1e-4), atol=1e-5)
     # one all-ones mask is the unmasked problem
     ones = np.ones((64, 64), np.float32)
     assert initial(masks=[ones])["style"] == pytest.approx(initial()["style"], rel=1e-4)

@@ -64,6 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="L-BFGS history length (default 100, as neural-style)")
     opt.add_argument("--init", choices=("content", "noise", "style"), default="content",
                      help="start from the content (default), seeded noise, or the first style")
+    opt.add_argument("--init-image", metavar="FILE", help="start from this image (overrides --init)")
     opt.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     size = opt.add_mutually_exclusive_group()
     size.add_argument("--image-size", type=int, default=None, metavar="N",
@@ -188,8 +189,9 @@ def plan(args: argparse.Namespace):
     from nst_jax.errors import ImageError, NstError
 
     config = build_config(args)
-    for what, paths in (("content", [args.content]), ("style", args.style), ("mask", args.mask or []),
-                        ("style mask", args.style_mask or [])):
+    inputs = (("content", [args.content]), ("style", args.style), ("mask", args.mask or []),
+              ("style mask", args.style_mask or []), ("init", [args.init_image] if args.init_image else []))
+    for what, paths in inputs:
         for path in paths:
             if not Path(path).is_file():
                 raise ImageError(f"no such {what} image: {path}")
@@ -256,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
     masks = _load_masks(args, content.shape[1:3]) if args.mask else None
     style_masks = [load_mask(m, s.shape[1:3]) for m, s in zip(args.style_mask, styles, strict=True)] \
         if args.style_mask else None
+    init_image = load_image(args.init_image) if args.init_image else None
     params, spec = load_vgg(args.weights, pooling=args.pooling)
 
     def save_intermediate(step: gatys.GatysStep) -> None:
@@ -265,8 +268,9 @@ def run(args: argparse.Namespace) -> int:
             save_image(intermediate_path(out, step.total_iteration), step.image[0], overwrite=args.overwrite)
 
     result = gatys.stylize(content, styles, params, spec, config, style_blend=blend, masks=masks,
-                           style_masks=style_masks, callback=save_intermediate if args.save_every else None,
-                           save_every=args.save_every, progress=not args.quiet)
+                           style_masks=style_masks, init_image=init_image,
+                           callback=save_intermediate if args.save_every else None, save_every=args.save_every,
+                           progress=not args.quiet)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_image(out, result.image[0], overwrite=args.overwrite)
     if not args.quiet:
