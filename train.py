@@ -1,4 +1,5 @@
-"""Train the AdaIN decoder: `python train.py --config configs/adain.py --workdir runs/adain`.
+"""Train a style network of any family: `python train.py --config configs/adain.py --workdir runs/adain`
+(the config's `model` names the family: `configs/adain.py`, `configs/cin.py`, ...).
 
 Override any config key on the command line (`--config.batch_size=16
 --config.style_data=folder:/data/wikiart`). Running the same command again resumes from the latest
@@ -52,7 +53,7 @@ def main(argv: list[str]) -> int:
         if jax.devices()[0].platform == "cpu":
             # Keep freed buffers in the process: XLA's CPU runtime otherwise page-faults its scratch memory in
             # afresh on every step (NST_JAX_MALLOC=default turns this off).
-            from nst_jax.stylize import tune_allocator
+            from nst_jax.runtime import tune_allocator
 
             tune_allocator()
         from nst_jax.train import TrainingDiverged, train_and_evaluate
@@ -68,7 +69,8 @@ def main(argv: list[str]) -> int:
                   + f"; checkpoints in {os.path.join(FLAGS.workdir, 'checkpoints')}")
         return 0
     except NstError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
+        # library messages name parameters; this front door's flag for overwrite=True is --overwrite
+        print(f"train.py: error: {str(e).replace('pass overwrite=True', 'pass --overwrite')}", file=sys.stderr)
         return 2
 
 

@@ -9,7 +9,7 @@ donated state and non-finite guard). Data loading is not timed.
 
 Each contender runs in its own worker process (so one framework's idle, spinning thread pool never competes
 with the other's step), all under the same allocator settings (benchmarks/common.py's environment plus
-`nst_jax.stylize.tune_allocator()`, which train.py applies on CPU), driven round-robin one step at a time.
+`nst_jax.runtime.tune_allocator()`, which train.py applies on CPU), driven round-robin one step at a time.
 PyTorch runs NCHW (pytorch-AdaIN's layout) and channels_last; the ratio is taken against the faster of the two
 in each round. Our compile time and every contender's first step are reported apart. The LAST line is the
 median over rounds of (ours / best PyTorch) step time.
@@ -88,35 +88,39 @@ def _batch(np, b: int, s: int):
 
 def worker_ours(b: int, s: int) -> None:
     """Serve our jitted train step (compiled first; the compile time goes into the ready note)."""
-    from nst_jax.stylize import tune_allocator
+    from nst_jax.runtime import tune_allocator
 
     tune_allocator()
     import jax
     import jax.numpy as jnp
 
+    import dataclasses
+
     from configs import adain as adain_config
     from nst_jax import train, vgg
+    from nst_jax.models import adain
 
     _, _, vgg_params, dec_params, np = _models()
     content, style = _batch(np, b, s)
     config = adain_config.get_config()
     tx = train.make_optimizer(config)
     mesh = train.make_mesh()
-    step = train.make_train_step(tx, vgg.SPECS["adain"], train.LossConfig.from_config(config), mesh)
+    lc = dataclasses.replace(adain.LossConfig.from_config(config), spec=vgg.SPECS["adain"])
+    step = train.make_train_step(tx, adain.loss_fn, lc, mesh)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     batch_sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     dec_params = jax.tree.map(jnp.asarray, dec_params)
     state = jax.device_put(train.TrainState(jnp.zeros((), jnp.int32), dec_params, tx.init(dec_params)),
                            replicated)
-    vgg_params = jax.device_put(jax.tree.map(jnp.asarray, vgg_params), replicated)
-    c, st = jax.device_put(content, batch_sh), jax.device_put(style, batch_sh)
+    frozen = {"vgg": jax.device_put(jax.tree.map(jnp.asarray, vgg_params), replicated)}
+    batch = {"content": jax.device_put(content, batch_sh), "style": jax.device_put(style, batch_sh)}
     t0 = time.perf_counter()
-    compiled = step.lower(state, vgg_params, c, st).compile()
+    compiled = step.lower(state, frozen, batch, None).compile()
     compile_s = time.perf_counter() - t0
     holder = {"state": state}
 
     def run():
-        new, metrics = compiled(holder["state"], vgg_params, c, st)
+        new, metrics = compiled(holder["state"], frozen, batch, None)
         holder["state"] = new
         jax.block_until_ready((new, metrics))
 
@@ -204,7 +208,7 @@ def main() -> None:
         return
     reexec_with_allocator_env(args.allocator == "tuned")
     print(machine_note())
-    print(allocator_note() + (" + nst_jax.stylize.tune_allocator() in our worker"
+    print(allocator_note() + (" + nst_jax.runtime.tune_allocator() in our worker"
                               if args.allocator == "tuned" else ""))
     print(f"AdaIN training step: batch {b} content + {b} style at {s} px, Adam; "
           f"~{step_flops(s, b) / 1e9:.0f} GFLOP per step; each contender in its own process")

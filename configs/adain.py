@@ -29,6 +29,7 @@ from configs import default
 def get_config() -> ml_collections.ConfigDict:
     """The paper's recipe (see the module docstring)."""
     c = default.get_config()
+    c.model = "adain"
     c.content_data = "tfds:coco/2017"
     c.style_data = "folder:data/wikiart"
     c.image_size = 256
@@ -44,7 +45,4 @@ def get_config() -> ml_collections.ConfigDict:
     c.num_steps = 160_000
     c.learning_rate = 1e-4
     c.lr_decay = 5e-5
-    c.log_every = 100
-    c.checkpoint_every = 2000
-    c.sample_every = 1000
     return c

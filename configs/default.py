@@ -1,7 +1,10 @@
-"""Every key the AdaIN trainer reads, with defaults; experiment configs (adain.py, tiny.py) start from here.
+"""Every key the training loop reads, with defaults; experiment configs (adain.py, tiny.py, ...) start here.
 
-Keys that users and scripts rely on keep these names: num_steps, batch_size, image_size, learning_rate,
-style_weight, content_weight, seed, log_every, checkpoint_every, vgg_weights, content_data, style_data.
+`model` names the family (`nst_jax.models.MODELS`); the loop, data, optimisation and bookkeeping keys are the
+same for every family, and the loss keys below default to the AdaIN recipe (the default family): a family's
+own config file overrides what is its own. Keys that users and scripts rely on keep these names: num_steps,
+batch_size, image_size, learning_rate, style_weight, content_weight, seed, log_every, checkpoint_every,
+vgg_weights, content_data, style_data.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     """The default training configuration (the AdaIN recipe; configs/adain.py cites the sources)."""
     c = ml_collections.ConfigDict()
+    c.model = "adain"              # the model family: a key of nst_jax.models.MODELS
 
     # --- data: "tfds:NAME[/CONFIG][:VERSION]" or "folder:PATH" (searched recursively for image files)
     c.content_data = "tfds:coco/2017"
@@ -40,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.num_steps = 160_000
     c.batch_size = 8               # global batch, split over all devices
     c.learning_rate = 1e-4
-    c.lr_decay = 5e-5              # lr / (1 + lr_decay * step)
+    c.lr_decay = 5e-5              # lr / (1 + lr_decay * step); 0 = constant
     c.adam_b1 = 0.9
     c.adam_b2 = 0.999
     c.adam_eps = 1e-8

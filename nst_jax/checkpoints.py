@@ -1,19 +1,20 @@
-"""Training checkpoints (Orbax) and loading a trained decoder for inference.
+"""Training checkpoints (Orbax), for any model family.
 
 A training `--workdir` holds `checkpoints/<step>/` directories written by an Orbax `CheckpointManager`, each
 with:
-- `params`: the decoder parameter tree `{conv4_1: {kernel, bias}, ...}` (`nst_jax.models.decoder` names);
+- `params`: the family's trainable tree (AdaIN: the decoder `{conv4_1: {kernel, bias}, ...}`; trees of any depth);
 - `opt_state`: the Optax (Adam) state;
 - `meta`: JSON: the step, the data streams' positions (one per process), skipped-image counts;
-- `config`: JSON: the training configuration (its `vgg_weights` names the encoder the decoder was trained
-  with).
+- `config`: JSON: the training configuration; its `model` names the family (absent in older AdaIN runs) and its
+  `vgg_weights` the encoder the model was trained with.
 
-`load_decoder_checkpoint(path)` is what `nst-jax stylize --checkpoint DIR` and the live server call.
+`restore_params(path, like)` reads the parameters of a finished checkpoint into a given structure;
+`nst_jax.models.trained.load_trained(path)` builds that structure from the family and is what
+`nst-jax stylize --checkpoint DIR`, the live server and export call. `load_decoder_checkpoint` is the AdaIN case.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,8 +28,6 @@ from nst_jax.errors import WeightsError
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
-# A config's vgg_weights "random[:SPEC]" builds a seeded random encoder (tests only).
-RANDOM_VGG = "random"
 
 
 def checkpoint_root(workdir: str | Path) -> Path:
@@ -61,7 +60,7 @@ def save_checkpoint(manager, step: int, params: Any, opt_state: Any, meta: Mappi
         params=ocp.args.StandardSave(params),
         opt_state=ocp.args.StandardSave(opt_state),
         meta=ocp.args.JsonSave(dict(meta)),
-        config=ocp.args.JsonSave(_jsonable(config)),
+        config=ocp.args.JsonSave(jsonable(config)),
     )
     return bool(manager.save(step, args=args, force=True))
 
@@ -92,11 +91,12 @@ def _abstract(tree: Any) -> Any:
     return jax.tree.map(leaf, tree)
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
+    """`x` with mappings, tuples and NumPy scalars turned into JSON types (configs, metadata)."""
     if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, np.generic):
         return x.item()
     return x
@@ -124,8 +124,59 @@ def find_checkpoint(path: str | Path) -> tuple[Path, int]:
     return root, steps[-1]
 
 
+def restore_params(path: str | Path, like: Any) -> tuple[Any, dict, int]:
+    """The parameters and training config of the latest (or given) finished checkpoint at `path`.
+
+    Args:
+      path: a `train.py --workdir`, its `checkpoints/` folder, or one `checkpoints/<step>` folder.
+      like: the expected tree (arrays or `jax.ShapeDtypeStruct`s, any depth): a checkpoint of another
+        structure is refused.
+
+    Returns:
+      (params as float32 NumPy arrays in the structure of `like`, the saved config as a plain dict, the step).
+
+    Raises:
+      WeightsError: `path` is not a checkpoint, or its parameters do not fit `like`.
+    """
+    import orbax.checkpoint as ocp
+
+    root, step = find_checkpoint(path)
+    step_dir = root / str(step)
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.float32, sharding=cpu), like)
+    try:
+        # Plain checkpointers on the step's items (a read-only CheckpointManager logs warnings on every load).
+        with ocp.StandardCheckpointer() as checkpointer:
+            params = checkpointer.restore(step_dir / "params", target)
+    except Exception as e:  # Orbax reports structure and file problems with many exception types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"cannot read the parameters from checkpoint {step_dir}: {first}") from None
+    return jax.tree.map(lambda v: np.asarray(v, np.float32), params), read_config(step_dir), step
+
+
+def read_config(step_dir: str | Path) -> dict:
+    """The training config saved in one checkpoint step folder ({} if it has none)."""
+    import orbax.checkpoint as ocp
+
+    step_dir = Path(step_dir)
+    if not (step_dir / "config").exists():
+        return {}
+    try:
+        with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
+            return dict(checkpointer.restore(step_dir / "config") or {})
+    except Exception as e:  # as above
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"cannot read the config of checkpoint {step_dir}: {first}") from None
+
+
+def latest_config(path: str | Path) -> tuple[dict, int]:
+    """The saved config (and step) of the checkpoint `path` resolves to."""
+    root, step = find_checkpoint(path)
+    return read_config(root / str(step)), step
+
+
 def load_decoder_checkpoint(path: str | Path) -> tuple[dict, dict]:
-    """Load the decoder parameters and the training configuration from a training checkpoint.
+    """Load the AdaIN decoder parameters and the training configuration from a training checkpoint.
 
     Args:
       path: a `train.py --workdir` (its latest checkpoint is used), its `checkpoints/` folder, or one
@@ -136,76 +187,22 @@ def load_decoder_checkpoint(path: str | Path) -> tuple[dict, dict]:
       least "vgg_weights", plus "step": the checkpoint's step).
 
     Raises:
-      WeightsError: `path` is not a checkpoint, or its parameters do not fit the AdaIN decoder.
+      WeightsError: `path` is not a checkpoint, not an AdaIN one, or its parameters do not fit the decoder.
     """
-    import orbax.checkpoint as ocp
-
     from nst_jax.models.decoder import check_decoder_params, expected_shapes
 
-    root, step = find_checkpoint(path)
-    step_dir = root / str(step)
-    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-    target = {name: {leaf: jax.ShapeDtypeStruct(shape, np.float32, sharding=cpu)
-                     for leaf, shape in leaves.items()}
-              for name, leaves in expected_shapes().items()}
-    try:
-        # Plain checkpointers on the step's items (a read-only CheckpointManager logs warnings on every load).
-        with ocp.StandardCheckpointer() as checkpointer:
-            restored = {"params": checkpointer.restore(step_dir / "params", target)}
-        with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
-            restored["config"] = checkpointer.restore(step_dir / "config") if (step_dir / "config").exists() \
-                else {}
-    except Exception as e:  # Orbax reports structure and file problems with many exception types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"cannot read the decoder from checkpoint {step_dir}: {first}") from None
-    params = {k: {leaf: np.asarray(v, np.float32) for leaf, v in leaves.items()}
-              for k, leaves in restored["params"].items()}
+    config, _ = latest_config(path)
+    model = config.get("model", "adain")
+    if model != "adain":
+        raise WeightsError(f"{path} holds a trained {model} model, not an AdaIN decoder")
+    like = {name: {leaf: np.zeros(shape, np.float32) for leaf, shape in leaves.items()}
+            for name, leaves in expected_shapes().items()}
+    params, config, step = restore_params(path, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                                                            like))
     check_decoder_params(params)
-    config = dict(restored["config"] or {})
     config.setdefault("vgg_weights", "adain")
     config["step"] = step
     return params, config
-
-
-def resolve_vgg(name: str, last: str = "relu4_1") -> tuple[dict, Any]:
-    """The encoder named by a training config's `vgg_weights`, trimmed to the layers up to `last`.
-
-    Args:
-      name: a registry name or weights file (`nst_jax.weights.load_vgg`), or "random" / "random:SPEC"
-        (SPEC one of `nst_jax.vgg.SPECS`): seeded random weights with that identity, for tests only.
-      last: the deepest tap that will be used.
-
-    Returns:
-      (params, VGGSpec).
-    """
-    import jax.numpy as jnp
-
-    from nst_jax import vgg
-
-    kind, _, spec_name = str(name).partition(":")
-    if kind == RANDOM_VGG:
-        spec_name = spec_name or "random"
-        if spec_name not in vgg.SPECS:
-            raise WeightsError(f"unknown VGG identity {spec_name!r} in {name!r}; "
-                               f"known: {', '.join(vgg.SPECS)}")
-        return _random_vgg(spec_name, last), vgg.SPECS[spec_name]
-    from nst_jax.weights import load_vgg
-
-    params, spec = load_vgg(name)
-    vgg.check_vgg_params(params, spec, last)
-    needed = vgg.expected_shapes(spec, last)
-    return {k: {leaf: jnp.asarray(v, jnp.float32) for leaf, v in p.items()} for k, p in params.items()
-            if k in needed}, spec
-
-
-@functools.lru_cache(maxsize=4)
-def _random_vgg(spec_name: str, last: str) -> dict:
-    from nst_jax import vgg
-
-    spec = vgg.SPECS[spec_name]
-    # jitted: eager jax.random would compile one program per layer shape
-    params = jax.jit(lambda key: vgg.init_params(key, spec, last))(jax.random.PRNGKey(0))
-    return jax.tree.map(np.asarray, params)
 
 
 def export_decoder(checkpoint: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
@@ -214,7 +211,7 @@ def export_decoder(checkpoint: str | Path, out: str | Path, *, overwrite: bool =
     Returns:
       the path written.
     """
-    from nst_jax.weights import save_npz
+    from nst_jax.weights.npz import save_npz
 
     params, config = load_decoder_checkpoint(checkpoint)
     meta = {"kind": "adain_decoder", "step": config["step"], "vgg_weights": config["vgg_weights"],

@@ -202,70 +202,21 @@ def setup(mode: str | None = None, size: int | None = None, *, quiet: bool = Fal
     return Demo(chosen, int(side), stylizer, vgg_params, vgg_spec, config, note)
 
 
-def _random_tree(shapes: dict[str, dict[str, tuple[int, ...]]], seed: int, uniform: bool = False) -> dict:
-    """Random parameters for `shapes`: He-normal kernels and zero biases, or PyTorch's default uniform.
-
-    PyTorch's Conv2d default is U(+-1/sqrt(fan_in)) for kernel and bias. NumPy's generator, not `jax.random`:
-    on a 2-core CPU it draws VGG19's 20M numbers several times faster, and setup is much of what a tiny
-    notebook spends.
-    """
-    rng = np.random.default_rng(seed)
-    tree = {}
-    for name, s in shapes.items():
-        k = s["kernel"]
-        fan_in = k[0] * k[1] * k[2]
-        if uniform:
-            bound = np.float32(1.0 / np.sqrt(fan_in))
-            kernel = rng.uniform(-bound, bound, k).astype(np.float32)
-            bias = rng.uniform(-bound, bound, s["bias"]).astype(np.float32)
-        else:
-            kernel = rng.standard_normal(k, np.float32) * np.float32(np.sqrt(2.0 / fan_in))
-            bias = np.zeros(s["bias"], np.float32)
-        tree[name] = {"kernel": kernel, "bias": bias}
-    return tree
-
-
 def _tiny_stylizer() -> Any:
-    """A `Stylizer` on random weights, its preprocessing real and its output range calibrated."""
-    import jax
-    import jax.numpy as jnp
+    """A `Stylizer` on random weights calibrated on the sample pictures (mean 0.5, std 0.15 per channel)."""
+    from nst_jax.testing import random_adain
 
-    from nst_jax import ops, vgg
-    from nst_jax.models import decoder
-    from nst_jax.stylize import Stylizer
-
-    spec = vgg.SPECS["adain"]
-    enc = _random_tree(vgg.expected_shapes(spec, "relu4_1"), seed=0)
-    dec = _random_tree(decoder.expected_shapes(), seed=1, uniform=True)
-    # pytorch-AdaIN's conv0: x255, RGB -> BGR, minus the Caffe mean, so activations have real magnitudes.
-    kernel = np.zeros((1, 1, 3, 3), np.float32)
-    for o in range(3):
-        kernel[0, 0, 2 - o, o] = 255.0
-    enc["conv0"] = {"kernel": kernel, "bias": -np.asarray([103.939, 116.779, 123.68], np.float32)}
-    # Rescale the last decoder layer so the sample pictures' stylizations have mean 0.5 and std 0.15 per
-    # channel, instead of being clipped to black and white.
-    x = jnp.asarray(np.concatenate([sample_image(n, TINY_SIZE) for n in ("chelsea", *STYLES)]))
-
-    def stylize_all(e: Any, d: Any, x: Any) -> Any:
-        f = vgg.encode(e, x, spec)["relu4_1"]
-        return decoder.decode(d, jnp.concatenate([f[:1], ops.adain(jnp.repeat(f[:1], len(f) - 1, 0), f[1:])]))
-
-    y = np.asarray(jax.jit(stylize_all)(enc, dec, x))
-    mean = y.mean(axis=(0, 1, 2))
-    std = np.maximum(y.std(axis=(0, 1, 2)), 1e-6)
-    last = decoder.DECODER_CONVS[-1][0]
-    scale = (np.float32(0.15) / std).astype(np.float32)
-    dec[last] = {"kernel": dec[last]["kernel"] * scale,
-                 "bias": ((dec[last]["bias"] - mean) * scale + np.float32(0.5)).astype(np.float32)}
-    return Stylizer(enc, spec, dec)
+    probes = np.concatenate([sample_image(n, TINY_SIZE) for n in ("chelsea", *STYLES)])
+    return random_adain(0, probes=probes, std=0.15)
 
 
 def _tiny_gatys_vgg() -> tuple[dict, Any]:
     """Random He-normal VGG19 weights with torchvision's identity, up to relu5_1 (Gatys' deepest layer)."""
     from nst_jax import vgg
+    from nst_jax.testing import random_tree
 
     spec = vgg.SPECS["torchvision"]
-    return _random_tree(vgg.expected_shapes(spec, "relu5_1"), seed=2), spec
+    return random_tree(vgg.expected_shapes(spec, "relu5_1"), seed=2), spec
 
 
 # ----------------------------------------------------------------------------------------------------

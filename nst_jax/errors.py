@@ -21,3 +21,7 @@ class WeightsError(NstError):
 
 class DownloadError(NstError):
     """A download failed or its content did not match the expected hash."""
+
+
+class TrainingDiverged(NstError):
+    """The loss or the gradients became NaN or infinite during training."""

@@ -3,17 +3,29 @@
 Normalisation conventions follow the peers so that ports agree number for number:
 - `mean_std` defaults to pytorch-AdaIN's `calc_mean_std`: unbiased variance over H*W, plus eps, then sqrt.
 - `gram` defaults to neural-style's GramMatrix divided by the number of elements (C*H*W).
+
+Convolution strategies: every network walk (`vgg.encode`, `models.decoder.decode`) calls its convolutions through
+a `ConvFn`, `conv(x, layer, padding)` with `layer = {"kernel": HWIO, "bias": (O,), ...}`, so a speed trick is an
+argument, not a copy of the walk:
+- `conv_plain`: `conv2d` with XLA's own gradients.
+- `conv_input_grad`: frozen weights, only the input gradient, with kernels flipped and transposed once outside
+  the loop (`with_transposed_kernels`); Gatys' optimisation loops use it.
+- `conv_matmul_weight_grad`: the kernel gradient as matrix products; `conv_for_training` picks it per layer on CPU.
+- `upsample_conv`: nearest x2 upsampling followed by a reflect-padded 3x3 convolution, computed at low resolution.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-Array = jax.Array
+from nst_jax.typing import Array
+
 Padding = Literal["zero", "reflect", "valid"]
 
 
@@ -80,6 +92,9 @@ def cin(x: Array, gamma: Array, beta: Array, eps: float = 1e-5) -> Array:
     if gamma.ndim == 2:
         gamma = gamma[:, None, None, :]
         beta = beta[:, None, None, :]
+    else:
+        gamma = gamma.reshape(1, 1, 1, -1)
+        beta = beta.reshape(1, 1, 1, -1)
     return instance_norm(x, eps) * gamma + beta
 
 
@@ -124,7 +139,7 @@ def reflect_pad(x: Array, pad: int = 1) -> Array:
     return jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
 
 
-_DN = ("NHWC", "HWIO", "NHWC")
+DN = ("NHWC", "HWIO", "NHWC")
 
 
 def conv2d(x: Array, kernel: Array, bias: Array | None = None, padding: Padding = "zero") -> Array:
@@ -137,18 +152,18 @@ def conv2d(x: Array, kernel: Array, bias: Array | None = None, padding: Padding 
     kh, kw = kernel.shape[0], kernel.shape[1]
     if padding == "valid" or (kh == 1 and kw == 1):
         pad = "VALID"
-        y = lax.conv_general_dilated(x, kernel, (1, 1), pad, dimension_numbers=_DN)
+        y = lax.conv_general_dilated(x, kernel, (1, 1), pad, dimension_numbers=DN)
     elif padding == "zero":
-        y = lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=_DN)
+        y = lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=DN)
     elif padding == "reflect":
         ph, pw = kh // 2, kw // 2
         xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)), mode="reflect")
-        y = lax.conv_general_dilated(xp, kernel, (1, 1), "SAME", dimension_numbers=_DN)
+        y = lax.conv_general_dilated(xp, kernel, (1, 1), "SAME", dimension_numbers=DN)
         y = y[:, ph:y.shape[1] - ph, pw:y.shape[2] - pw, :]
     else:
         raise ValueError(f"unknown padding {padding!r}")
     if bias is not None:
-        y = y + bias
+        y = y + jnp.reshape(bias, (1, 1, 1, -1))
     return y
 
 
@@ -195,3 +210,173 @@ def avg_pool(x: Array, window: int = 2, stride: int = 2, ceil_mode: bool = False
     ones = jnp.ones((1, x.shape[1], x.shape[2], 1), x.dtype)
     count = lax.reduce_window(ones, 0.0, lax.add, dims, strides, pads)
     return total / count
+
+
+# ----------------------------------------------------------------------------------------------------
+# Convolution strategies: conv(x, layer, padding) -> y
+
+ConvFn = Callable[[Array, Mapping[str, Array], Padding], Array]
+
+
+def conv_plain(x: Array, layer: Mapping[str, Array], padding: Padding = "zero") -> Array:
+    """`conv2d(x, layer["kernel"], layer["bias"], padding)`: the reference strategy."""
+    return conv2d(x, layer["kernel"], layer.get("bias"), padding)
+
+
+def _pad_widths(kernel: Array, padding: Padding) -> tuple[int, int]:
+    kh, kw = kernel.shape[0], kernel.shape[1]
+    if padding == "valid" or (kh == 1 and kw == 1):
+        return 0, 0
+    return kh // 2, kw // 2
+
+
+def transposed_kernel(kernel: Array) -> Array:
+    """The kernel of a SAME convolution's input gradient: flipped spatially, in/out axes swapped (HWIO)."""
+    return jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
+
+
+def with_transposed_kernels(params: Mapping[str, Mapping[str, Array]]) -> dict[str, dict[str, Array]]:
+    """A copy of a {layer: {"kernel", "bias"}} tree with each layer's `kernel_t` added (for `conv_input_grad`).
+
+    Compute it once, outside any loop: inside a `while_loop` XLA does not hoist the transposes.
+    """
+    return {k: dict(v, kernel_t=transposed_kernel(jnp.asarray(v["kernel"]))) for k, v in params.items()}
+
+
+# XLA's CPU backend runs a convolution through its fast library kernel only in canonical form (NHWC input, HWIO
+# kernel). Autodiff's input gradient is a convolution with the kernel reversed and its in/out axes swapped through
+# the dimension numbers; outside loops XLA adds the transposes that make it canonical again, but inside a
+# `while_loop` body (Gatys' compiled chunks and the zoom line search) it does not, and VGG19's backward pass ran
+# several times slower. This VJP uses kernels flipped and transposed once, outside the loop.
+@jax.custom_vjp
+def _same_conv_input_grad(x: Array, kernel: Array, kernel_t: Array) -> Array:
+    return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=DN)
+
+
+def _same_conv_fwd(x: Array, kernel: Array, kernel_t: Array) -> tuple[Array, Array]:
+    return _same_conv_input_grad(x, kernel, kernel_t), kernel_t
+
+
+def _same_conv_bwd(kernel_t: Array, g: Array) -> tuple[Array, None, None]:
+    # Frozen weights: only the input gradient is needed.
+    return lax.conv_general_dilated(g, kernel_t, (1, 1), "SAME", dimension_numbers=DN), None, None
+
+
+_same_conv_input_grad.defvjp(_same_conv_fwd, _same_conv_bwd)
+
+
+def conv_input_grad(x: Array, layer: Mapping[str, Array], padding: Padding = "zero") -> Array:
+    """Same values as `conv_plain` (bitwise); differentiable in `x` only, through canonical convolutions.
+
+    `layer` may carry `kernel_t` (`with_transposed_kernels`); it is computed here otherwise. Odd square kernels
+    with "zero" or "reflect" padding (the VGG encoders), or 1x1 kernels.
+    """
+    kernel, bias = layer["kernel"], layer.get("bias")
+    kernel_t = layer.get("kernel_t")
+    kernel_t = transposed_kernel(kernel) if kernel_t is None else kernel_t
+    kernel, kernel_t = lax.stop_gradient(kernel), lax.stop_gradient(kernel_t)
+    ph, pw = _pad_widths(kernel, padding)
+    if padding == "reflect" and (ph or pw):
+        # pad-reflect, SAME convolution, crop: the numerics of conv2d(..., "reflect")
+        xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)), mode="reflect")
+        y = _same_conv_input_grad(xp, kernel, kernel_t)[:, ph:xp.shape[1] - ph, pw:xp.shape[2] - pw, :]
+    elif padding == "valid" and (kernel.shape[0] > 1 or kernel.shape[1] > 1):
+        raise ValueError("conv_input_grad supports zero and reflect padding (or 1x1 kernels)")
+    else:
+        y = _same_conv_input_grad(x, kernel, kernel_t)
+    return y if bias is None else y + jnp.reshape(lax.stop_gradient(bias), (1, 1, 1, -1))
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def conv2d_matmul_weight_grad(x: Array, kernel: Array, bias: Array, padding: Padding) -> Array:
+    """`conv2d` (same forward, same gradients) whose kernel gradient is computed as matrix products.
+
+    XLA's CPU backend runs the kernel-gradient ("backward filter") convolution of some 3x3 layers at a third of its
+    forward speed or less, and it dominated the AdaIN training step. Written as kh matmuls over the kw-shifted
+    input, (N*H*W, kw*Cin)^T @ (N*H*W, Cout), it runs up to 3x faster for the wide layers
+    (benchmarks/train.py). The input gradient stays XLA's own transposed convolution.
+    """
+    return conv2d(x, kernel, bias, padding)
+
+
+def _mm_fwd(x, kernel, bias, padding):
+    return conv2d(x, kernel, bias, padding), (x, kernel)
+
+
+def _mm_bwd(padding, res, dy):
+    x, kernel = res
+    _, input_vjp = jax.vjp(lambda v: conv2d(v, kernel, None, padding), x)
+    (dx,) = input_vjp(dy)
+    kh, kw, cin, cout = kernel.shape
+    ph, pw = _pad_widths(kernel, padding)
+    widths = ((0, 0), (ph, ph), (pw, pw), (0, 0))
+    xp = jnp.pad(x, widths, mode="reflect") if padding == "reflect" and (ph or pw) else jnp.pad(x, widths)
+    n, h, w, _ = dy.shape
+    cols = jnp.concatenate([xp[:, :, j:j + w, :] for j in range(kw)], axis=-1)  # (N, H + 2ph, W, kw*Cin)
+    d2 = dy.reshape(n * h * w, cout)
+    rows = [jnp.dot(cols[:, i:i + h].reshape(n * h * w, kw * cin).T, d2, preferred_element_type=jnp.float32)
+            for i in range(kh)]
+    dk = jnp.stack(rows).reshape(kh, kw, cin, cout).astype(kernel.dtype)
+    db = jnp.sum(dy, axis=(0, 1, 2), dtype=jnp.float32).astype(dy.dtype)
+    return dx, dk, db
+
+
+conv2d_matmul_weight_grad.defvjp(_mm_fwd, _mm_bwd)
+
+
+def conv_matmul_weight_grad(x: Array, layer: Mapping[str, Array], padding: Padding = "zero") -> Array:
+    """`conv2d_matmul_weight_grad` as a strategy (the layer needs a bias)."""
+    return conv2d_matmul_weight_grad(x, layer["kernel"], layer["bias"], padding)
+
+
+# Measured per layer (benchmarks/train.py): the products win from 128 output channels on; below, XLA's own kernel
+# gradient is as fast or faster.
+MATMUL_WEIGHT_GRAD_MIN_CHANNELS = 128
+
+
+def conv_for_training(x: Array, layer: Mapping[str, Array], padding: Padding = "zero") -> Array:
+    """The trainer's strategy: on CPU, `conv_matmul_weight_grad` for layers of >= 128 output channels with a bias;
+    elsewhere (GPU, TPU, narrow layers) XLA's own gradients, which are fast there."""
+    kernel = layer["kernel"]
+    if (jax.default_backend() == "cpu" and kernel.shape[-1] >= MATMUL_WEIGHT_GRAD_MIN_CHANNELS
+            and layer.get("bias") is not None):
+        return conv_matmul_weight_grad(x, layer, padding)
+    return conv_plain(x, layer, padding)
+
+
+def _phase_taps(k: Array, axis: int) -> tuple[Array, Array]:
+    # Along one axis, nearest x2 upsampling then a reflect-padded 3-tap filter (k0, k1, k2) is, at low
+    # resolution and with edge padding: even outputs = k0 * x[i-1] + (k1 + k2) * x[i]; odd outputs =
+    # (k0 + k1) * x[i] + k2 * x[i+1].
+    k0, k1, k2 = jnp.split(k, 3, axis=axis)
+    return jnp.concatenate([k0, k1 + k2], axis=axis), jnp.concatenate([k0 + k1, k2], axis=axis)
+
+
+def upsample_conv(x: Array, kernel: Array, bias: Array | None) -> Array:
+    """`conv2d(upsample_nearest(x, 2), kernel, bias, "reflect")` for a 3x3 kernel, computed at low resolution.
+
+    The reflection of a nearest-upsampled image is the upsampled edge-padded image, so each of the four output
+    phases is a 2x2 convolution of the edge-padded input: one convolution with 4x the output channels, then an
+    interleave. That is 16/36 of the multiply-adds of convolving the upsampled image.
+
+    Args:
+      x: (N, h, w, Cin) features; kernel: (3, 3, Cin, Cout) HWIO; bias: (Cout,) or None.
+
+    Returns:
+      (N, 2h, 2w, Cout).
+    """
+    n, h, w, _ = x.shape
+    cout = kernel.shape[-1]
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+    kernels = [c for r in _phase_taps(kernel, 0) for c in _phase_taps(r, 1)]  # phases 00, 01, 10, 11
+    # SAME with an even kernel pads only at the end: z[i] sees xp[i], xp[i + 1]; the last row/col is unused.
+    k4 = jnp.concatenate(kernels, axis=-1)
+    z = lax.conv_general_dilated(xp, k4, (1, 1), "SAME", dimension_numbers=DN)
+    if bias is not None:
+        z = z + jnp.reshape(jnp.tile(bias, 4), (1, 1, 1, -1))
+
+    def phase(a: int, b: int) -> Array:
+        return z[:, a:a + h, b:b + w, (2 * a + b) * cout:(2 * a + b + 1) * cout]
+
+    rows = [jnp.stack([phase(a, 0), phase(a, 1)], axis=3) for a in (0, 1)]
+    return jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * w, cout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 
 # Keep the suite hermetic: no download may ever leave this machine, and caches go to a temp dir per session.
@@ -13,6 +14,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
+# Implicit rank promotion hides shape bugs (a (N,) against an (N, 1) broadcasts to (N, N)): make it an error.
+jax.config.update("jax_numpy_rank_promotion", "raise")
 # Test inputs are tiny, so XLA's compile time dominates; skipping most optimisations halves the suite's wall time.
 jax.config.update("jax_disable_most_optimizations", True)
 
@@ -28,3 +31,21 @@ def _nst_home(tmp_path_factory, monkeypatch):
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that start processes, run notebooks or drive a browser are `slow`, so `pytest -m "not slow"` is the
+    fast loop (CI still runs everything)."""
+    slow_files = {"test_notebooks.py", "test_serve_browser.py"}
+    for item in items:
+        if item.path.name in slow_files or _starts_processes(item):
+            item.add_marker(pytest.mark.slow)
+
+
+def _starts_processes(item) -> bool:
+    fn = getattr(item, "function", None)
+    try:
+        source = inspect.getsource(fn)
+    except (TypeError, OSError):
+        return False
+    return "subprocess." in source or "sys.executable" in source

@@ -15,7 +15,8 @@ import pytest
 
 from nst_jax.errors import DownloadError
 from nst_jax.weights import download
-from nst_jax.weights.download import cache_dir, cache_status, fetch, weights_dir
+from nst_jax.weights.download import cache_dir, weights_dir
+from nst_jax.weights.ports import cache_status, fetch
 from nst_jax.weights.registry import REGISTRY, Source, with_overrides
 
 

@@ -252,7 +252,8 @@ SHARDED = textwrap.dedent("""
     assert jax.device_count() == 4, jax.devices()
     sys.path.insert(0, {root!r})
     from configs import tiny
-    from nst_jax import checkpoints, data, train
+    from nst_jax import data, train
+    from nst_jax.models import adain
 
     c = tiny.get_config()
     c.content_data, c.style_data = "folder:{content}", "folder:{style}"
@@ -264,9 +265,9 @@ SHARDED = textwrap.dedent("""
 
     # The loop's first step again on one device: same initial decoder, same first batches.
     tx = train.make_optimizer(c)
-    lc = train.LossConfig.from_config(c)
-    vgg_params, spec = checkpoints.resolve_vgg(c.vgg_weights)
-    step4 = train.make_train_step(tx, spec, lc, train.make_mesh())
+    frozen, lc = adain.setup(c)
+    vgg_params, spec = frozen["vgg"], lc.spec
+    step4 = train.make_train_step(tx, adain.loss_fn, lc, train.make_mesh())
     aug = data.Augment(32, 40, min_side=c.min_image_side)
     seeds = np.random.SeedSequence(c.seed).generate_state(2)
     streams = [data.ImageStream(data.open_source(src), aug, batch_size=4, seed=int(s), threads=1)
@@ -275,11 +276,11 @@ SHARDED = textwrap.dedent("""
 
     def loss_and_grads(mesh):
         rep, dat = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-        f = jax.value_and_grad(lambda p, v, a, b: train.compute_loss(p, v, a, b, spec, lc)[0])
+        f = jax.value_and_grad(lambda p, v, a, b: adain.compute_loss(p, v, a, b, spec, lc)[0])
         return jax.jit(f, in_shardings=(rep, rep, dat, dat))
 
     lg4, lg1 = loss_and_grads(train.make_mesh()), loss_and_grads(train.make_mesh(jax.devices()[:1]))
-    state = train.init_state(jax.random.PRNGKey(c.seed), tx)
+    state = train.init_state(jax.random.PRNGKey(c.seed), tx, adain.init_params)
     rows = []
     for _ in range(3):
         # the same state and batch on both meshes
@@ -289,7 +290,7 @@ SHARDED = textwrap.dedent("""
         layer_rel = max(float(np.linalg.norm(a - b) / np.linalg.norm(b)) for a, b in zip(d4, d1))
         grad_rel = float(np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(d4, d1))
                                  / sum(np.sum(b ** 2) for b in d1)))
-        state, m4 = step4(state, vgg_params, *batch)
+        state, m4 = step4(state, frozen, {{"content": batch[0], "style": batch[1]}}, None)
         rows.append({{"loss4": float(l4), "loss1": float(l1), "step_loss": float(m4["loss"]),
                      "grad_rel": grad_rel, "layer_rel": layer_rel,
                      "replicated": all(x.sharding.is_fully_replicated for x in jax.tree.leaves(state)),

@@ -1,27 +1,37 @@
-"""AdaIN arbitrary style transfer (Huang & Belongie 2017) as pure functions, plus a thin NNX module.
+"""AdaIN arbitrary style transfer (Huang & Belongie 2017): the first model family (see `nst_jax.models`).
 
 The network: VGG19 (AdaIN's `vgg_normalised` identity) up to relu4_1 -> AdaIN -> the mirrored decoder. Every
 function here is pure and jit-able; `nst_jax.stylize.Stylizer` jits them once per input shape and adds
-caching, blending, masks and colour control around them.
+caching, blending, masks and colour control around them, and `nst_jax.train` runs `loss_fn`.
 
 Statistics follow pytorch-AdaIN's `calc_mean_std` (unbiased variance over the spatial positions, eps 1e-5), so
 a port of its released weights reproduces its pictures number for number.
+
+Training (pytorch-AdaIN's `net.Net.forward` + Adam), for content images c and style images s:
+  t = AdaIN(enc(c).relu4_1, enc(s).relu4_1)            (no gradient flows into t, as in pytorch-AdaIN)
+  g = decoder(t)
+  loss = content_weight * MSE(enc(g).relu4_1, t)
+       + style_weight * sum_l w_l * [MSE(mean enc(g).l, mean enc(s).l) + MSE(std enc(g).l, std enc(s).l)]
+over l in relu1_1..relu4_1, then an Adam update of the decoder with lr / (1 + lr_decay * step).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+import numpy as np
 
-from nst_jax import ops
+from nst_jax import losses, ops, vgg
+from nst_jax.errors import NstError
+from nst_jax.models import Caps, Family
 from nst_jax.models import decoder as dec
-from nst_jax.vgg import VGG19, VGGSpec, encode
-
-Array = jax.Array
-Params = Mapping[str, Mapping[str, Array]]
+from nst_jax.typing import Array, Params
+from nst_jax.vgg import VGGSpec, encode
 
 TAP = "relu4_1"
 CHANNELS = 512
@@ -36,12 +46,7 @@ def feature_grid(height: int, width: int, spec: VGGSpec) -> tuple[int, int]:
     Ceil-mode pooling (AdaIN's encoder) keeps a last partial window, so the grid is ceil(size / 8) and the
     decoded image (8x the grid) is at least as large as the input; floor mode loses up to 7 pixels.
     """
-    def down(n: int) -> int:
-        for _ in range(3):
-            n = -(-n // 2) if spec.ceil_mode else n // 2
-        return n
-
-    return down(height), down(width)
+    return vgg.grid_size(height, width, spec, TAP)
 
 
 def content_features(vgg_params: Params, x: Array, spec: VGGSpec) -> Array:
@@ -113,61 +118,17 @@ def region_adain(f: Array, masks: Array, s_mean: Array, s_std: Array, eps: float
     return t.astype(f.dtype)
 
 
-_DN = ("NHWC", "HWIO", "NHWC")
-
-
-def _phase_taps(k: Array, axis: int) -> tuple[Array, Array]:
-    # Along one axis, nearest x2 upsampling then a reflect-padded 3-tap filter (k0, k1, k2) is, at low
-    # resolution and with edge padding: even outputs = k0 * x[i-1] + (k1 + k2) * x[i]; odd outputs =
-    # (k0 + k1) * x[i] + k2 * x[i+1].
-    k0, k1, k2 = jnp.split(k, 3, axis=axis)
-    return jnp.concatenate([k0, k1 + k2], axis=axis), jnp.concatenate([k0 + k1, k2], axis=axis)
-
-
-def upsample_conv(x: Array, kernel: Array, bias: Array) -> Array:
-    """`conv3x3(reflect_pad(upsample_nearest(x, 2)))` computed at the low resolution, exactly.
-
-    The reflection of a nearest-upsampled image is the upsampled edge-padded image, so each of the four output
-    phases is a 2x2 convolution of the edge-padded input: one convolution with 4x the output channels, then an
-    interleave. That is 16/36 of the multiply-adds of convolving the upsampled image (the decoder's three
-    convs after an upsampling, a quarter of its work, become 2.25x cheaper).
-
-    Args:
-      x: (N, h, w, Cin) features; kernel: (3, 3, Cin, Cout) HWIO; bias: (Cout,).
-
-    Returns:
-      (N, 2h, 2w, Cout).
-    """
-    n, h, w, _ = x.shape
-    cout = kernel.shape[-1]
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
-    kernels = [c for r in _phase_taps(kernel, 0) for c in _phase_taps(r, 1)]  # phases 00, 01, 10, 11
-    # SAME with an even kernel pads only at the end: z[i] sees xp[i], xp[i + 1]; the last row/col is unused.
-    k4 = jnp.concatenate(kernels, axis=-1)
-    z = jax.lax.conv_general_dilated(xp, k4, (1, 1), "SAME", dimension_numbers=_DN) + jnp.tile(bias, 4)
-
-    def phase(a: int, b: int) -> Array:
-        return z[:, a:a + h, b:b + w, (2 * a + b) * cout:(2 * a + b + 1) * cout]
-
-    rows = [jnp.stack([phase(a, 0), phase(a, 1)], axis=3) for a in (0, 1)]
-    return jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * w, cout)
+# Kept under its historical name: the fused upsample-convolution lives in `ops`.
+upsample_conv = ops.upsample_conv
 
 
 def decode(decoder_params: Params, t: Array) -> Array:
-    """The AdaIN decoder for inference: `nst_jax.models.decoder.decode`, each conv after an upsampling done by
-    `upsample_conv` (same result, fewer operations).
+    """The AdaIN decoder for inference: `nst_jax.models.decoder.decode` with each upsampling and the conv after it
+    fused (`ops.upsample_conv`: same result, fewer operations).
 
     Runs in `t.dtype`; returns (N, 8h, 8w, 3), unclipped.
     """
-    h, dtype, upsampled = t, t.dtype, False
-    last = len(dec.DECODER_CONVS) - 1
-    for i, (name, _, _, up) in enumerate(dec.DECODER_CONVS):
-        k, b = decoder_params[name]["kernel"].astype(dtype), decoder_params[name]["bias"].astype(dtype)
-        h = upsample_conv(h, k, b) if upsampled else ops.conv2d(h, k, b, "reflect")
-        if i < last:
-            h = jax.nn.relu(h)
-        upsampled = up
-    return h
+    return dec.decode(decoder_params, t, fused_upsample=True)
 
 
 def _finish(img: Array, height: int, width: int) -> Array:
@@ -211,46 +172,13 @@ def stylize_regions(vgg_params: Params, decoder_params: Params, content: Array, 
     return _finish(out, content.shape[1], content.shape[2])
 
 
-class AdaIN(nnx.Module):
-    """Encoder (frozen VGG19 to relu4_1) + trainable decoder as one NNX module.
-
-    Example:
-      >>> model = AdaIN(vgg_params, SPECS["adain"], rngs=nnx.Rngs(0))
-      >>> images = model(content, style, alpha=0.8)
-    """
-
-    def __init__(self, vgg_params: Params, spec: VGGSpec, decoder_params: Params | None = None, *,
-                 rngs: nnx.Rngs | None = None):
-        self.encoder = VGG19(vgg_params, spec, last=TAP)
-        self.decoder = dec.Decoder(decoder_params, rngs=rngs)
-
-    def __call__(self, content: Array, style: Array, alpha: float | Array = 1.0) -> Array:
-        """Stylize `content` (N, H, W, 3) with `style` (N or 1, h, w, 3); returns (N, H, W, 3) in [0, 1]."""
-        f = self.encoder(content, (TAP,))[TAP]
-        s_mean, s_std = ops.mean_std(self.encoder(style, (TAP,))[TAP], EPS)
-        t = ops.adain_with_stats(f, s_mean, s_std, EPS)
-        alpha = jnp.broadcast_to(jnp.asarray(alpha, f.dtype), (f.shape[0],))
-        out = self.decoder(mix_alpha(t, f, alpha))
-        return _finish(out, content.shape[1], content.shape[2])
-
-
 def flops(height: int, width: int, spec: VGGSpec, with_style: bool = True) -> float:
     """Nominal FLOPs (2 x multiply-adds of the convolutions) of one stylization at `height` x `width`.
 
     Counted as pytorch-AdaIN computes it: content encoder, the style encoder at the same size if `with_style`,
     and the decoder convolving its upsampled maps (`decode` does fewer operations for the same result).
     """
-    from nst_jax.vgg import CONVS
-
-    def down(n: int, times: int) -> int:
-        for _ in range(times):
-            n = -(-n // 2) if spec.ceil_mode else n // 2
-        return n
-
-    enc = 0.0
-    for name, cin, cout in CONVS[:9]:  # conv1_1 ... conv4_1
-        block = int(name[4])
-        enc += 2.0 * down(height, block - 1) * down(width, block - 1) * 9 * cin * cout
+    enc = vgg.flops(height, width, spec, TAP)
     hh, ww = feature_grid(height, width, spec)
     total = enc * (2 if with_style else 1)
     for _, cin, cout, up in dec.DECODER_CONVS:
@@ -260,8 +188,195 @@ def flops(height: int, width: int, spec: VGGSpec, with_style: bool = True) -> fl
     return total
 
 
+# ----------------------------------------------------------------------------------------------------
+# The family contract: conditions
+
+
+def condition(params: Params, frozen: Mapping[str, Any], style: Array, static: VGGSpec) -> dict[str, Array]:
+    """A style image batch (N, H, W, 3) -> its condition {"mean", "std"}: relu4_1 statistics, (N, 1, 1, 512).
+
+    `static` is the encoder's `VGGSpec`; `frozen` is {"vgg": encoder params}; `params` (the decoder) is unused.
+    """
+    mean, std = style_statistics(frozen["vgg"], style, static)
+    return {"mean": mean, "std": std}
+
+
+def stylize_condition(params: Params, frozen: Mapping[str, Any], content: Array, cond: Mapping[str, Array],
+                      alpha: Array, static: VGGSpec) -> Array:
+    """`stylize` on the family contract: decoder `params`, frozen {"vgg"}, condition {"mean", "std"}."""
+    return stylize(frozen["vgg"], params, content, cond["mean"], cond["std"], alpha, static)
+
+
+def stylize_masked(params: Params, frozen: Mapping[str, Any], content: Array, conds: Mapping[str, Array],
+                   masks: Array, alpha: Array, static: VGGSpec) -> Array:
+    """K styles placed by masks (N, H, W, K) at the content's resolution, in one pass.
+
+    The masks are averaged onto the relu4_1 grid with adaptive-average bins (torch's adaptive_avg_pool2d, as
+    `nst_jax.image.masks_to_grid`) and AdaIN runs per region (`region_adain`). `conds` leaves are
+    (N, K, 1, 1, 512).
+    """
+    h, w = content.shape[1], content.shape[2]
+    gh, gw = feature_grid(h, w, static)
+    hi = jax.lax.Precision.HIGHEST
+    grid = jnp.einsum("ih,nhwk,jw->nijk", _bins(h, gh), masks.astype(jnp.float32), _bins(w, gw), precision=hi)
+    n = conds["mean"].shape[0]
+    s_mean = conds["mean"].reshape(n, -1, CHANNELS)
+    s_std = conds["std"].reshape(n, -1, CHANNELS)
+    return stylize_regions(frozen["vgg"], params, content, grid, s_mean, s_std, alpha, static)
+
+
+def _bins(size: int, out: int) -> np.ndarray:
+    # Row i averages [floor(i * size / out), ceil((i + 1) * size / out)): adaptive average pooling's bins.
+    m = np.zeros((out, size), np.float32)
+    for i in range(out):
+        a, b = i * size // out, -(-(i + 1) * size // out)
+        m[i, a:b] = 1.0 / (b - a)
+    return m
+
+
+# ----------------------------------------------------------------------------------------------------
+# The family contract: training
+
+CONTENT_LAYER = TAP
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """The static (hashable) part of the loss: weights, layers, compute dtype and the encoder's identity."""
+
+    content_weight: float = 1.0
+    style_weight: float = 10.0
+    style_layers: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
+    style_layer_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
+    dtype: str = "float32"  # compute dtype; configs allow float32 and bfloat16 (tests also use float64)
+    spec: VGGSpec | None = None
+
+    @classmethod
+    def from_config(cls, config) -> LossConfig:
+        """Pick the loss fields out of a training config."""
+        layers = tuple(config.style_layers)
+        weights = tuple(float(w) for w in config.style_layer_weights)
+        if len(weights) != len(layers):
+            raise NstError(f"config.style_layer_weights has {len(weights)} values for {len(layers)} style_layers")
+        for layer in layers:
+            if layer not in vgg.LAYERS:
+                raise NstError(f"unknown style layer {layer!r} in config.style_layers; known: "
+                               f"{', '.join(vgg.RELU_TAPS)}")
+        if config.dtype not in ("float32", "bfloat16"):
+            raise NstError(f"config.dtype must be float32 or bfloat16, got {config.dtype!r}")
+        return cls(float(config.content_weight), float(config.style_weight), layers, weights,
+                   str(config.dtype))
+
+
+def compute_loss(params: Mapping, vgg_params: Mapping, content: Array, style: Array, spec: VGGSpec,
+                 lc: LossConfig) -> tuple[Array, dict[str, Array]]:
+    """The AdaIN training loss of one batch and its terms.
+
+    Args:
+      params: decoder parameters (the only thing differentiated).
+      vgg_params: frozen encoder parameters (up to relu4_1).
+      content, style: (N, S, S, 3) images in [0, 1].
+      spec: the encoder's identity.
+      lc: weights, layers and compute dtype.
+
+    Returns:
+      (loss, {"loss", "loss_content", "loss_style" (weighted, summing to loss),
+              "style/<layer>" (unweighted)}).
+    """
+    dt = jnp.dtype(lc.dtype)
+    # Statistics and losses in float32 at least (bfloat16 compute), float64 when the tests ask for it.
+    f32 = jnp.dtype(jnp.float64) if dt == jnp.float64 else jnp.dtype(jnp.float32)
+    n = content.shape[0]
+    taps = tuple(sorted(set(lc.style_layers) | {CONTENT_LAYER}, key=vgg.LAYERS.index))
+    # One encoder pass over content and style together: the same kernels run once on twice the batch.
+    both = encode(vgg_params, jnp.concatenate([content, style]).astype(dt), spec, taps)
+    content_feat = both[CONTENT_LAYER][:n].astype(f32)
+    style_feats = {k: both[k][n:].astype(f32) for k in taps}
+    t = jax.lax.stop_gradient(ops.adain(content_feat, style_feats[CONTENT_LAYER], EPS))
+    g = dec.decode(params, t.astype(dt), conv=ops.conv_for_training)
+    g_feats = encode(vgg_params, g, spec, taps)
+    loss_c = losses.content_loss(g_feats[CONTENT_LAYER].astype(f32), t)
+    per_layer = {k: losses.mean_std_style_loss(g_feats[k].astype(f32), style_feats[k], EPS)
+                 for k in lc.style_layers}
+    loss_s = sum(w * per_layer[k] for k, w in zip(lc.style_layers, lc.style_layer_weights, strict=True))
+    weighted_c = lc.content_weight * loss_c
+    weighted_s = lc.style_weight * loss_s
+    loss = weighted_c + weighted_s
+    metrics = {"loss": loss, "loss_content": weighted_c, "loss_style": weighted_s}
+    metrics.update({f"style/{k}": v for k, v in per_layer.items()})
+    return loss, metrics
+
+
+def init_params(key: Array, config: Any = None) -> dict:
+    """A fresh decoder (PyTorch's default conv initialisation); `config` is not needed."""
+    return dec.init_params(key)
+
+
+def inference_setup(config) -> tuple[dict, VGGSpec]:
+    """The frozen encoder {"vgg"} and its `VGGSpec` a trained decoder runs with (its config's `vgg_weights`)."""
+    from nst_jax.weights.resolve import load_encoder
+
+    vgg_params, spec = load_encoder(config.get("vgg_weights", "adain"), TAP)
+    return {"vgg": vgg_params}, spec
+
+
+def validate_config(config) -> None:
+    """Raise `NstError` naming the key of any AdaIN-specific value the trainer cannot use."""
+    if int(config.image_size) % 8:
+        raise NstError(f"config.image_size must be a multiple of 8 (the decoder upsamples 3 times), "
+                       f"got {config.image_size}")
+
+
+def setup(config) -> tuple[dict, LossConfig]:
+    """The frozen encoder {"vgg": params} named by `config.vgg_weights` and the static loss configuration."""
+    from nst_jax.weights.resolve import load_encoder
+
+    lc = LossConfig.from_config(config)
+    deepest = vgg.deepest(tuple(lc.style_layers) + (CONTENT_LAYER,))
+    vgg_params, spec = load_encoder(config.vgg_weights, deepest)
+    return {"vgg": vgg_params}, dataclasses.replace(lc, spec=spec)
+
+
+def loss_fn(params: Mapping, frozen: Mapping, batch: Mapping[str, Array], lc: LossConfig):
+    """`compute_loss` on the family contract: batch {"content", "style"}."""
+    return compute_loss(params, frozen["vgg"], batch["content"], batch["style"], lc.spec, lc)
+
+
+def sample(params: Mapping, frozen: Mapping, samples: Mapping[str, Array], lc: LossConfig) -> Array:
+    """Each sample content image stylized with the sample style image of the same index."""
+    return stylize_samples(params, frozen["vgg"], samples["content"], samples["style"], lc.spec)
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def stylize_samples(params: Mapping, vgg_params: Mapping, content: Array, style: Array,
+                    spec: VGGSpec) -> Array:
+    """Each content image stylized with the style image of the same index, in [0, 1] (sample grids)."""
+    s_mean, s_std = style_statistics(vgg_params, style, spec)
+    alpha = jnp.ones((content.shape[0],), jnp.float32)
+    return stylize(vgg_params, params, content, s_mean, s_std, alpha, spec)
+
+
+def open_streams(config, on_skip: Callable) -> tuple[dict, dict]:
+    """This process's content and style streams (random pairs) and the fixed sample images."""
+    from nst_jax.training import open_image_streams
+
+    return open_image_streams(config, ("content", "style"), on_skip)
+
+
+NAME = "adain"
+CAPS = Caps(style_images=True, style_table=False, alpha=True, masks=True, color_modes=("luminance", "histogram"))
+
+FAMILY = Family(
+    name=NAME, caps=CAPS, init_params=init_params, setup=setup, open_streams=open_streams, loss_fn=loss_fn,
+    sample=sample, condition=condition, stylize=stylize_condition, stylize_masked=stylize_masked,
+    inference_setup=inference_setup,
+    validate_config=validate_config,
+)
+
+
 __all__ = [
-    "AdaIN", "CHANNELS", "EPS", "SCALE", "TAP", "blend_statistics", "content_features", "decode",
-    "feature_grid", "flops", "mix_alpha", "region_adain", "style_statistics", "stylize", "stylize_regions",
-    "upsample_conv",
+    "CAPS", "CHANNELS", "EPS", "FAMILY", "SCALE", "TAP", "LossConfig", "blend_statistics", "compute_loss",
+    "condition", "content_features", "decode", "feature_grid", "flops", "init_params", "loss_fn", "mix_alpha",
+    "region_adain", "sample", "setup", "style_statistics", "stylize", "stylize_condition", "stylize_masked",
+    "stylize_regions", "stylize_samples", "upsample_conv",
 ]

@@ -16,7 +16,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "cache_dir": "download", "cache_status": "download", "cached_path": "download", "fetch": "download",
+    "cache_dir": "download", "cache_status": "ports", "cached_path": "download", "fetch": "ports",
     "weights_dir": "download",
     "read_keras_h5": "keras_h5",
     "load_npz": "npz", "save_npz": "npz",
@@ -28,10 +28,10 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from nst_jax.weights.download import cache_dir, cache_status, cached_path, fetch, weights_dir  # noqa: F401
+    from nst_jax.weights.download import cache_dir, cached_path, weights_dir  # noqa: F401
     from nst_jax.weights.keras_h5 import read_keras_h5  # noqa: F401
     from nst_jax.weights.npz import load_npz, save_npz  # noqa: F401
-    from nst_jax.weights.ports import convert, load_decoder, load_vgg, read_weights  # noqa: F401
+    from nst_jax.weights.ports import cache_status, convert, fetch, load_decoder, load_vgg, read_weights  # noqa: F401
     from nst_jax.weights.pth import load_pth, load_state_dict  # noqa: F401
     from nst_jax.weights.registry import REGISTRY, Source, get_source  # noqa: F401
 

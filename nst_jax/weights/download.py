@@ -11,18 +11,18 @@ every other failure (offline, HTTP error, wrong hash) leaves nothing behind and 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from nst_jax import runtime
 from nst_jax.errors import DownloadError, NstError
+from nst_jax.files import atomic_write, file_digests
 from nst_jax.weights.registry import Source, get_source
 
 try:  # POSIX: serialise concurrent downloads of one file (several processes of a multi-process job)
@@ -49,23 +49,8 @@ def cached_path(name: str) -> Path:
     return weights_dir() / get_source(name).filename
 
 
-def is_offline() -> bool:
-    """Whether `NST_JAX_OFFLINE` forbids network access."""
-    return os.environ.get("NST_JAX_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
-
-
-def file_digests(path: str | Path) -> tuple[str, str]:
-    """(sha256, md5) hex digests of a file, in one pass."""
-    sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            sha.update(chunk)
-            md5.update(chunk)
-    return sha.hexdigest(), md5.hexdigest()
 
 
 def hash_mismatch(source: Source, sha256: str, md5: str, size: int) -> str | None:
@@ -81,24 +66,8 @@ def hash_mismatch(source: Source, sha256: str, md5: str, size: int) -> str | Non
     return None
 
 
-def check_content(path: Path, source: Source) -> None:
-    """Raise `NstError` unless the file parses and fits the network `source` describes exactly."""
-    from nst_jax.weights import ports
-
-    if source.kind == "adain_decoder":
-        ports.load_decoder(path)
-    else:
-        params, spec = ports.load_vgg(path, fmt=source.fmt)
-        if not source.spec or spec.source != source.spec:
-            raise DownloadError(f"{path} holds {spec.source} weights, not {source.name}")
-
-
 def _write_sidecar(path: Path, sha256: str) -> None:
-    side = _sidecar(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{side.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{sha256}  {path.name}\n")
-    os.replace(tmp, side)
+    atomic_write(_sidecar(path), f"{sha256}  {path.name}\n", overwrite=True)
 
 
 def recorded_sha256(path: Path) -> str | None:
@@ -182,8 +151,11 @@ def _transfer(url: str, f: BinaryIO, desc: str, progress: bool | None) -> None:
             raise _Fail(f"interrupted after {got} of {total} bytes", keep_part=got > 0)
 
 
+Validator = Callable[[Path, Source], None]
+
+
 def fetch(name: str, *, force: bool = False, progress: bool | None = None,
-          source: Source | None = None) -> Path:
+          source: Source | None = None, validate: Validator | None = None) -> Path:
     """The cached file of registry entry `name`, downloading and verifying it first if needed.
 
     Args:
@@ -191,13 +163,17 @@ def fetch(name: str, *, force: bool = False, progress: bool | None = None,
       force: download again even if cached.
       progress: show a tqdm bar (None: only on a terminal).
       source: use this entry instead of the registry's (tests, private mirrors).
+      validate: `validate(path, source)` raises `NstError` unless the file parses and is the network `source`
+        describes; run on a download of a file without a published hash (`nst_jax.weights.fetch` passes the
+        ports' content check). Without it such a file is only recorded by its sha256.
 
     Returns:
       Path of the verified file in `weights_dir()`.
 
     Raises:
-      DownloadError: offline (`NST_JAX_OFFLINE=1`), unreachable, HTTP error, or the file fails its published
-        hash or content check; one line with the URL and where to put the file by hand.
+      DownloadError: offline (`nst_jax.runtime.offline()`, e.g. NST_JAX_OFFLINE=1), unreachable, HTTP error, or
+        the file fails its published hash or content check; one line with the URL and where to put the file by
+        hand.
     """
     source = source or get_source(name)
     dest = weights_dir() / source.filename
@@ -205,7 +181,7 @@ def fetch(name: str, *, force: bool = False, progress: bool | None = None,
         return dest
     url = source.effective_url
     by_hand = f"download {url} by hand and put it at {dest}"
-    if is_offline():
+    if runtime.offline():
         raise DownloadError(f"cannot fetch {source.name}: offline (NST_JAX_OFFLINE is set); {by_hand}")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -231,11 +207,11 @@ def fetch(name: str, *, force: bool = False, progress: bool | None = None,
             if part.exists() and part.stat().st_size == 0:
                 part.unlink()
             raise
-        sha256, md5 = file_digests(part)
+        sha256, md5 = file_digests(part, ("sha256", "md5"))
         problem = hash_mismatch(source, sha256, md5, part.stat().st_size)
-        if problem is None and not (source.sha256 or source.sha256_prefix or source.md5):
+        if problem is None and validate is not None and not (source.sha256 or source.sha256_prefix or source.md5):
             try:
-                check_content(part, source)
+                validate(part, source)
             except NstError as e:
                 problem = f"the file is not {source.name}'s weights ({e})"
         if problem is not None:
@@ -257,8 +233,9 @@ class CacheStatus:
     status: str
 
 
-def cache_status(name: str, *, verify: bool = False) -> CacheStatus:
-    """Whether entry `name` is cached and what is known of its integrity (re-hashed if `verify`)."""
+def cache_status(name: str, *, verify: bool = False, validate: Validator | None = None) -> CacheStatus:
+    """Whether entry `name` is cached and what is known of its integrity (re-hashed if `verify`; a file without
+    a published hash is content-checked with `validate`, as in `fetch`)."""
     source = get_source(name)
     path = weights_dir() / source.filename
     if not path.is_file():
@@ -271,7 +248,7 @@ def cache_status(name: str, *, verify: bool = False) -> CacheStatus:
             what = f"{source.published_hash} checked" if published else "content checked"
             return CacheStatus(source, path, True, size, f"{what} at download (sha256 {recorded[:12]}...)")
         return CacheStatus(source, path, True, size, "placed by hand, not verified (nst-jax info --verify)")
-    sha256, md5 = file_digests(path)
+    sha256, md5 = file_digests(path, ("sha256", "md5"))
     problem = hash_mismatch(source, sha256, md5, size)
     if problem:
         return CacheStatus(source, path, True, size, f"BAD: {problem}")
@@ -280,8 +257,11 @@ def cache_status(name: str, *, verify: bool = False) -> CacheStatus:
                                                      f"recorded {recorded[:12]}...)")
     if published:
         return CacheStatus(source, path, True, size, f"{source.published_hash} verified now")
+    if validate is None:
+        note = "matches the sha256 recorded at download" if recorded else "no published hash, content not checked"
+        return CacheStatus(source, path, True, size, f"{note} (sha256 {sha256[:12]}...)")
     try:
-        check_content(path, source)
+        validate(path, source)
     except NstError as e:
         return CacheStatus(source, path, True, size, f"BAD: {e}")
     note = "matches the sha256 recorded at download" if recorded else "no published hash"

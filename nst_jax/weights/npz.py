@@ -1,6 +1,7 @@
 """The converted weights format: a NumPy `.npz` readable with `allow_pickle=False`.
 
-Arrays are stored as `"<layer>/<leaf>"` (e.g. `conv1_1/kernel`, HWIO float32) beside a `__meta__` entry: a
+Arrays are stored under their tree paths joined by "/" (`conv1_1/kernel`, HWIO float32; trees of any depth, e.g.
+`residual/3/norm1/gamma`) beside a `__meta__` entry: a
 JSON string with at least `kind` ("vgg19" or "adain_decoder"), and for VGG19 the `spec` (a
 `VGGSpec.to_dict()`), plus where it came from (`source` file name and its `sha256`).
 """
@@ -8,8 +9,6 @@ JSON string with at least `kind` ("vgg19" or "adain_decoder"), and for VGG19 the
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from nst_jax.errors import WeightsError
+from nst_jax.files import atomic_write
 
 META_KEY = "__meta__"
 FORMAT_NAME = "nst-jax-weights"
@@ -35,47 +35,50 @@ def is_npz(path: str | Path) -> bool:
 
 def save_npz(path: str | Path, params: Mapping[str, Mapping[str, Any]], meta: Mapping[str, Any], *,
              overwrite: bool = False) -> Path:
-    """Write a parameter tree and its metadata atomically (temp file in the same folder, then rename).
+    """Write a parameter tree and its metadata atomically (`nst_jax.files.atomic_write`).
 
     Args:
       path: destination `.npz`.
-      params: {layer: {leaf: array}}; leaves are stored as float32.
+      params: a nested mapping of arrays ({layer: {leaf: array}}, or deeper); leaves are stored as float32.
       meta: JSON-serialisable; must hold "kind".
       overwrite: replace an existing file.
 
     Returns:
       The path written.
+
+    Raises:
+      WeightsError: `path` exists and not `overwrite`.
     """
     path = Path(path)
     if "kind" not in meta:
         raise ValueError("meta needs a 'kind'")
     if path.exists() and not overwrite:
-        raise WeightsError(f"{path} already exists (pass --overwrite to replace it)")
-    arrays: dict[str, np.ndarray] = {}
-    for layer, leaves in params.items():
-        for leaf, value in leaves.items():
-            if "/" in layer or "/" in leaf:
-                raise ValueError(f"parameter names may not contain '/': {layer}/{leaf}")
-            arrays[f"{layer}/{leaf}"] = np.asarray(value, np.float32)
+        raise WeightsError(f"{path} already exists (pass overwrite=True to replace it)")
+    arrays = flatten_tree(params)
     full_meta = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **dict(meta)}
     arrays[META_KEY] = np.array(json.dumps(full_meta, sort_keys=True))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: np.savez(f, **arrays), overwrite=True)
 
 
-def load_npz(path: str | Path) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
+def flatten_tree(params: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+    """{"a/b/c": float32 array} for a nested mapping of arrays (names may not contain "/")."""
+    out: dict[str, np.ndarray] = {}
+    for key, value in params.items():
+        key = str(key)
+        if "/" in key or not key:
+            raise ValueError(f"parameter names may not be empty or contain '/': {prefix}{key!r}")
+        if isinstance(value, Mapping):
+            out.update(flatten_tree(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = np.asarray(value, np.float32)
+    return out
+
+
+def load_npz(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read a converted `.npz` (no pickle is ever unpickled).
 
     Returns:
-      (params as {layer: {leaf: float32 array}}, meta dict).
+      (params as a nested dict of float32 arrays ({layer: {leaf: array}} for the VGG and decoder), meta dict).
 
     Raises:
       WeightsError: missing file, not one of our `.npz` files, or malformed metadata.
@@ -88,14 +91,21 @@ def load_npz(path: str | Path) -> tuple[dict[str, dict[str, np.ndarray]], dict[s
             if META_KEY not in z.files:
                 raise WeightsError(f"{path}: an .npz without {META_KEY}; not converted by nst-jax")
             meta = json.loads(str(z[META_KEY][()]))
-            params: dict[str, dict[str, np.ndarray]] = {}
+            params: dict[str, Any] = {}
             for key in z.files:
                 if key == META_KEY:
                     continue
-                layer, sep, leaf = key.partition("/")
-                if not sep:
+                parts = key.split("/")
+                if len(parts) < 2 or not all(parts):
                     raise WeightsError(f"{path}: unexpected array {key!r} (expected layer/leaf)")
-                params.setdefault(layer, {})[leaf] = np.asarray(z[key], np.float32)
+                node = params
+                for part in parts[:-1]:
+                    node = node.setdefault(part, {})
+                    if not isinstance(node, dict):
+                        raise WeightsError(f"{path}: array {key!r} clashes with another entry")
+                if parts[-1] in node:
+                    raise WeightsError(f"{path}: array {key!r} clashes with another entry")
+                node[parts[-1]] = np.asarray(z[key], np.float32)
     except (ValueError, OSError, zipfile.BadZipFile, json.JSONDecodeError) as e:
         raise WeightsError(f"{path}: not a readable nst-jax .npz ({e})") from None
     if not isinstance(meta, dict) or "kind" not in meta:

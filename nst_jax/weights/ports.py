@@ -20,7 +20,6 @@ its key patterns, never from its name.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,13 +27,14 @@ from typing import Any
 
 import numpy as np
 
-from nst_jax.errors import WeightsError
+from nst_jax import checkpoints
+from nst_jax.errors import DownloadError, WeightsError
+from nst_jax.files import file_digest
 from nst_jax.models import decoder as decoder_model
+from nst_jax.typing import NumpyParams as Params
 from nst_jax.vgg import BLOCKS, CONVS, SPECS, VGGSpec, check_vgg_params
-from nst_jax.weights import keras_h5, npz, pth
+from nst_jax.weights import download, keras_h5, npz, pth
 from nst_jax.weights.registry import REGISTRY, Source
-
-Params = dict[str, dict[str, np.ndarray]]
 
 VGG_FORMATS = ("torchvision", "adain", "keras", "npz")
 CONVERT_FORMATS = ("torchvision", "adain", "adain-decoder", "keras")
@@ -179,13 +179,10 @@ def _keras_names(layers: Mapping[str, list[np.ndarray]]) -> dict[str, str]:
     return {k: name for k, (name, _, _) in zip(convs, CONVS[: len(convs)], strict=True)}
 
 
-def port_keras(layers: Mapping[str, list[np.ndarray]]) -> tuple[Params, VGGSpec]:
-    """Keras VGG19 layer weights ({blockB_convC: [kernel, bias]}) -> (params, SPECS["keras"]).
-
-    Dense layers of a with-top file (fc1, fc2, predictions) are ignored.
-    """
+def keras_conv_params(layers: Mapping[str, list[np.ndarray]], names: Mapping[str, str], what: str) -> Params:
+    """{our name: {"kernel", "bias"}} of the Keras layers `names` maps (HWIO kernels as Keras stores them);
+    a mapped layer that is not one kernel and one bias is refused, naming `what` and the layer."""
     params: Params = {}
-    names = _keras_names(layers)
     for layer, arrays in layers.items():
         name = names.get(layer)
         if name is None:
@@ -194,9 +191,18 @@ def port_keras(layers: Mapping[str, list[np.ndarray]]) -> tuple[Params, VGGSpec]
         biases = [a for a in arrays if a.ndim == 1]
         if len(arrays) != 2 or len(kernels) != 1 or len(biases) != 1:
             shapes = ", ".join(str(tuple(a.shape)) for a in arrays)
-            raise WeightsError(f"Keras layer {layer} holds weights of shapes {shapes}, expected a kernel "
+            raise WeightsError(f"{what} layer {layer} holds weights of shapes {shapes}, expected a kernel "
                                "and a bias")
         params[name] = {"kernel": _f32(kernels[0]), "bias": _f32(biases[0])}
+    return params
+
+
+def port_keras(layers: Mapping[str, list[np.ndarray]]) -> tuple[Params, VGGSpec]:
+    """Keras VGG19 layer weights ({blockB_convC: [kernel, bias]}) -> (params, SPECS["keras"]).
+
+    Dense layers of a with-top file (fc1, fc2, predictions) are ignored.
+    """
+    params = keras_conv_params(layers, _keras_names(layers), "Keras")
     spec = SPECS["keras"]
     check_vgg_params(params, spec, _deepest_tap(params))
     return params, spec
@@ -343,6 +349,30 @@ def _missing(src: str | Path, kind: str) -> WeightsError:
     return WeightsError(f"no such weights file: {src} (or use a registry name: {names})")
 
 
+def check_content(path: Path, source: Source) -> None:
+    """Raise `NstError` unless the file parses and fits the network `source` describes exactly (the content
+    check of downloads without a published hash)."""
+    if source.kind == "adain_decoder":
+        load_decoder(path)
+    else:
+        params, spec = load_vgg(path, fmt=source.fmt)
+        if not source.spec or spec.source != source.spec:
+            raise DownloadError(f"{path} holds {spec.source} weights, not {source.name}")
+
+
+def fetch(name: str, **kwargs: Any) -> Path:
+    """`download.fetch` with the ports' content check for files without a published hash (the public
+    `nst_jax.weights.fetch`)."""
+    kwargs.setdefault("validate", check_content)
+    return download.fetch(name, **kwargs)
+
+
+def cache_status(name: str, **kwargs: Any) -> download.CacheStatus:
+    """`download.cache_status` with the ports' content check (the public `nst_jax.weights.cache_status`)."""
+    kwargs.setdefault("validate", check_content)
+    return download.cache_status(name, **kwargs)
+
+
 def load_vgg(src: str | Path, *, fmt: str | None = None,
              pooling: str | None = None) -> tuple[Params, VGGSpec]:
     """Load VGG19 encoder weights and their identity.
@@ -366,8 +396,6 @@ def load_vgg(src: str | Path, *, fmt: str | None = None,
         raise WeightsError(f"unknown pooling {pooling!r}; use max or avg")
     source = _registry_entry(src, "vgg19")
     if source is not None:
-        from nst_jax.weights.download import fetch
-
         path = fetch(source.name)
         fmt = fmt or source.fmt
     else:
@@ -395,28 +423,13 @@ def load_decoder(src: str | Path) -> Params:
     """
     source = _registry_entry(src, "adain_decoder")
     if source is not None:
-        from nst_jax.weights.download import fetch
-
         return decoder_from_file(fetch(source.name))
     path = Path(src)
     if path.is_dir():
-        try:
-            from nst_jax.checkpoints import load_decoder_checkpoint
-        except ImportError:
-            raise WeightsError(f"{path} is a directory, not a decoder file") from None
-        return load_decoder_checkpoint(path)[0]
+        return checkpoints.load_decoder_checkpoint(path)[0]
     if not path.exists():
         raise _missing(src, "adain_decoder")
     return decoder_from_file(path)
-
-
-def sha256_of(path: str | Path) -> str:
-    """Hex SHA-256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def convert(src: str | Path, *, fmt: str | None = None, out: str | Path | None = None,
@@ -436,15 +449,14 @@ def convert(src: str | Path, *, fmt: str | None = None, out: str | Path | None =
         raise WeightsError(f"unknown format {fmt!r}; known: {', '.join(CONVERT_FORMATS)}")
     source = REGISTRY.get(str(src)) if not Path(src).exists() else None
     if source is not None:
-        from nst_jax.weights.download import fetch, weights_dir
-
         path = fetch(source.name)
         fmt = fmt or source.fmt
-        default_out = weights_dir() / f"{source.name}.npz"
+        default_out = download.weights_dir() / f"{source.name}.npz"
     else:
         path = Path(src)
         if not path.exists():
-            raise WeightsError(f"no such weights file: {src} (or use a registry name: {', '.join(REGISTRY)})")
+            names = ", ".join(n for n, e in REGISTRY.items() if e.kind in ("vgg19", "adain_decoder"))
+            raise WeightsError(f"no such weights file: {src} (or use a registry name: {names})")
         default_out = path.with_suffix(".npz")
     out = Path(out) if out is not None else default_out
     if out.resolve() == path.resolve():
@@ -454,7 +466,7 @@ def convert(src: str | Path, *, fmt: str | None = None, out: str | Path | None =
     what, content = read_weights(path)
     if what.startswith("npz-"):
         raise WeightsError(f"{path} is already converted ({DESCRIPTIONS[what]})")
-    meta: dict[str, Any] = {"source": path.name, "sha256": sha256_of(path), "from": what}
+    meta: dict[str, Any] = {"source": path.name, "sha256": file_digest(path), "from": what}
     if fmt == "adain-decoder" or (fmt is None and what == "adain-decoder"):
         params = _decoder_from_content(path, what, content)
         meta["kind"] = "adain_decoder"

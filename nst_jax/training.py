@@ -1,0 +1,267 @@
+"""What the training loop needs besides the step: data streams, metrics, sample grids, preemption, multi-host
+helpers and the compile cache (family-neutral; `nst_jax.train` is the loop itself).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from nst_jax.files import atomic_write
+
+
+def open_image_streams(config, names: Sequence[str], on_skip: Callable) -> tuple[dict, dict]:
+    """This process's image streams (its shard of each source) and fixed sample images, one per name.
+
+    Each name reads the config keys `<name>_data` and `<name>_split`; every stream has its own seed (derived from
+    `config.seed`) and the training augmentation of `config`.
+
+    Returns:
+      ({name: data.ImageStream}, {name: (num_samples, S, S, 3) float32}).
+    """
+    from nst_jax import data
+
+    aug = data.Augment(int(config.image_size), int(config.resize_size), str(config.resize_mode),
+                       str(config.augment), int(config.min_image_side))
+    data_dir = config.tfds_data_dir or None
+    sources = {name: data.open_source(config[f"{name}_data"], split=config[f"{name}_split"],
+                                      image_key=config.image_key, data_dir=data_dir)
+               for name in names}
+    seeds = np.random.SeedSequence(int(config.seed)).generate_state(len(names))
+    shards = jax.process_count()
+    streams = {
+        name: data.ImageStream(src, aug, batch_size=int(config.batch_size) // shards, seed=int(seed),
+                               shard_index=jax.process_index(), shard_count=shards,
+                               threads=int(config.data_threads),
+                               prefetch_batches=int(config.prefetch_batches),
+                               on_skip=partial(on_skip, name))
+        for (name, src), seed in zip(sources.items(), seeds, strict=True)
+    }
+    samples = {name: data.fixed_images(src, aug, int(config.num_samples)) for name, src in sources.items()}
+    return streams, samples
+
+
+class IndexStream:
+    """An endless stream of batches of random indices in [0, n) (e.g. which style each example trains on), with
+    the exact-resume interface of the image streams (`get_state`/`set_state`, JSON-able).
+
+    Each process draws its own shard of the global batch from its own generator (seeded by seed and process).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, shard_index: int = 0):
+        if n < 1:
+            raise ValueError(f"need at least one index to draw from, got n={n}")
+        self.n = int(n)
+        self.batch_size = int(batch_size)
+        self._rng = np.random.Generator(np.random.PCG64([int(seed), int(shard_index)]))
+        self.skipped = 0  # the loop reports skipped items per stream; indices are never skipped
+
+    def __iter__(self) -> IndexStream:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        return self._rng.integers(0, self.n, self.batch_size, dtype=np.int32)
+
+    def get_state(self) -> dict:
+        """The generator's position (JSON-able)."""
+        return json.loads(json.dumps(self._rng.bit_generator.state))
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Continue exactly where `get_state` was taken."""
+        self._rng.bit_generator.state = dict(state)
+
+
+def load_image_set(config, key: str, limit: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """Every image of the source `config[key]` (split `config[key + "_split"]` if set), resized so the shorter
+    side is `config.image_size` and centre-cropped square: a fixed, ordered set such as CIN's styles.
+
+    Returns:
+      ((N, S, S, 3) float32 in [0, 1], one name per image).
+    """
+    from nst_jax import data
+    from nst_jax.errors import NstError
+
+    split = config.get(f"{key}_split", "train") or "train"
+    src = data.open_source(config[key], split=split, image_key=config.image_key,
+                           data_dir=config.tfds_data_dir or None)
+    n = len(src.items) if limit is None else min(int(limit), len(src.items))
+    if n < 1:
+        raise NstError(f"config.{key}: {src.name} has no images")
+    size = int(config.image_size)
+    aug = data.Augment(size, size, "shorter", "crop", 1)
+    images = data.fixed_images(src, aug, n)
+    # fixed_images refuses a set with an unreadable image, so the names line up with the images
+    names = [Path(item).stem if isinstance(item, str | os.PathLike) else str(i)
+             for i, item in enumerate(src.items[:n])]
+    return images, names
+
+
+_COMPILED: dict = {}
+
+
+def compile_cached(step_fn, *args):
+    """AOT-compile `step_fn` for `args` (timed apart from the steps), reusing an in-process compile."""
+    leaves, treedef = jax.tree.flatten(args)
+    key = (step_fn, treedef, tuple((x.shape, str(x.dtype), x.sharding) for x in leaves))
+    cached = key in _COMPILED
+    if not cached:
+        if len(_COMPILED) > 8:
+            _COMPILED.clear()
+        _COMPILED[key] = step_fn.lower(*args).compile()
+    return _COMPILED[key], cached
+
+
+def allgather_json(obj: Any) -> list:
+    """Every process's `obj` (JSON-able), in process order."""
+    if jax.process_count() == 1:
+        return [obj]
+    from jax.experimental import multihost_utils
+
+    raw = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.array([raw.size], np.int32))).reshape(-1)
+    buf = np.zeros(int(sizes.max()), np.uint8)
+    buf[:raw.size] = raw
+    everyone = np.asarray(multihost_utils.process_allgather(buf)).reshape(len(sizes), -1)
+    return [json.loads(bytes(everyone[i, :sizes[i]]).decode()) for i in range(len(sizes))]
+
+
+def _summary_writer_class():
+    """tensorboardX's SummaryWriter, imported without dragging in torch.
+
+    tensorboardX imports torch when it is installed (1.5 s, and its own thread pools competing with XLA) only
+    to accept torch tensors; we log NumPy.
+    """
+    import sys
+
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError, which tensorboardX handles
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
+class Metrics:
+    """TensorBoard scalars and images (tensorboardX, no TensorFlow) plus `metrics.jsonl`; process 0 only."""
+
+    def __init__(self, workdir: Path, start_step: int, enabled: bool):
+        self.enabled = enabled
+        self.writer = None
+        if not enabled:
+            return
+        # purge_step hides the events a killed run wrote after the checkpoint we resume from.
+        self.writer = _summary_writer_class()(str(workdir), purge_step=start_step if start_step > 0 else None)
+        self.jsonl = workdir / "metrics.jsonl"
+        if self.jsonl.exists():
+            kept = [line for line in self.jsonl.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= start_step]
+            self.jsonl.write_text("".join(line + "\n" for line in kept))
+
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        if not self.enabled:
+            return
+        for k, v in values.items():
+            self.writer.add_scalar(k, v, step)
+        with self.jsonl.open("a") as f:
+            f.write(json.dumps({"step": step, **{k: float(v) for k, v in values.items()}}) + "\n")
+
+    def image(self, step: int, tag: str, img: np.ndarray) -> None:
+        if self.enabled:
+            self.writer.add_image(tag, np.clip(img, 0, 1), step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class StopFlag:
+    """SIGTERM (preemption) and a first Ctrl-C ask the loop to save and stop; a second Ctrl-C interrupts."""
+
+    def __init__(self, sigterm: bool = True):
+        self.requested = False
+        self._old = {}
+        # With several processes JAX's preemption service owns SIGTERM (`reached_preemption` in the loop).
+        self._signals = (signal.SIGTERM, signal.SIGINT) if sigterm else (signal.SIGINT,)
+
+    def __enter__(self):
+        for sig in self._signals:
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave the handlers alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class Window:
+    """Per-step metrics fetched from the device, averaged and timed between two log steps."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+        self.data_s = 0.0
+        self.start = time.perf_counter()
+
+    def summary(self, batch: int) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        n = len(self.rows)
+        out = {k: float(np.mean([r[k] for r in self.rows])) for k in self.rows[0] if k != "finite"}
+        out.update(steps_per_sec=n / elapsed, images_per_sec=n * batch / elapsed,
+                   data_wait_frac=self.data_s / elapsed)
+        return out
+
+
+def save_grid(workdir: Path, step: int, samples: Mapping[str, np.ndarray], outputs: np.ndarray) -> np.ndarray:
+    """One row per sample: its input images (in `samples` order) then the output; saved as samples/step_N.png."""
+    from nst_jax.image import image_grid, save_image
+
+    rows = [[samples[k][i] for k in samples] + [outputs[i]] for i in range(outputs.shape[0])]
+    grid = image_grid(rows)
+    save_image(workdir / "samples" / f"step_{step:07d}.png", grid, overwrite=True)
+    return grid
+
+
+def console(msg: str) -> None:
+    """A line on the console that does not break the progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(msg)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """`obj` as indented JSON, replacing `path` atomically (`nst_jax.files.atomic_write`)."""
+    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n", overwrite=True)
+
+
+def warn_config_changes(workdir: Path, config: Mapping[str, Any], lead: bool) -> None:
+    """Say which keys differ from the `config.json` a resumed run started with."""
+    path = workdir / "config.json"
+    if not lead or not path.exists():
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    changed = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+    if changed:
+        console("note: the config differs from the one this run started with: "
+                 + ", ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in changed))
