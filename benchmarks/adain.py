@@ -13,7 +13,7 @@ Then the webcam case: warm per-frame latency of `Stylizer.stylize_stats` at 256x
 copied to the host), the call the live server makes.
 
 The script re-execs itself under `benchmarks/common.py`'s allocator environment (PyTorch's best setting; glibc
-reads it only at start-up) and also applies `nst_jax.stylize.tune_allocator()` (what `nst-jax stylize` does),
+reads it only at start-up) and also applies `nst_jax.runtime.tune_allocator()` (what `nst-jax stylize` does),
 so both sides run under the same malloc configuration. The LAST line is the median over all rounds and
 configurations of (ours full / torch full).
 
@@ -56,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     reexec_with_allocator_env(args.allocator == "tuned")
 
-    from nst_jax.stylize import tune_allocator
+    from nst_jax.runtime import tune_allocator
 
     tuned = args.allocator == "tuned" and tune_allocator()
 
@@ -70,7 +70,7 @@ def main() -> None:
 
     torch.set_grad_enabled(False)
     print(machine_note())
-    print(allocator_note() + (" + nst_jax.stylize.tune_allocator() (one arena)" if tuned else ""))
+    print(allocator_note() + (" + nst_jax.runtime.tune_allocator() (one arena)" if tuned else ""))
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads)")
 

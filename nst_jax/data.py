@@ -32,7 +32,9 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from PIL import Image, ImageOps
 
+from nst_jax import color, runtime
 from nst_jax.errors import NstError
+from nst_jax.image import center_crop_box, is_image_name, shorter_side_hw, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ class Augment:
         if self.resize_mode not in ("shorter", "square"):
             raise DataError(f"resize_mode must be 'shorter' or 'square', got {self.resize_mode!r}")
         if self.mode not in ("crop", "magenta"):
-            raise DataError(f"augment must be 'crop' or 'magenta', got {self.mode!r}")
+            raise DataError(f"mode must be 'crop' or 'magenta', got {self.mode!r}")
         if self.resize_size and self.resize_size < self.image_size:
             raise DataError(f"resize_size ({self.resize_size}) is smaller than the crop image_size "
                             f"({self.image_size})")
@@ -106,14 +108,9 @@ def parse_source(spec: str) -> tuple[str, str]:
     return kind, value
 
 
-def _is_image_name(name: str) -> bool:
-    from nst_jax.image import IMAGE_EXTENSIONS
-
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
 def scan_folder(path: str | os.PathLike) -> list[Path]:
-    """Every image file (by extension, hidden files skipped) under `path`, recursively, in sorted order.
+    """Every image file under `path` (`nst_jax.image.is_image_name`: by extension, hidden files and folders
+    skipped), recursively, in sorted order.
 
     Raises:
       DataError: `path` is not a directory or holds no image file.
@@ -124,7 +121,7 @@ def scan_folder(path: str | os.PathLike) -> list[Path]:
     found: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [Path(dirpath, f) for f in sorted(filenames) if _is_image_name(f)]
+        found += [Path(dirpath, f) for f in sorted(filenames) if is_image_name(f)]
     if not found:
         raise DataError(f"no image files under {root} (expected .jpg, .png, ... files, searched recursively)")
     return found
@@ -139,7 +136,8 @@ def open_source(spec: str, *, split: str = "train", image_key: str = "image", da
       split: the tfds split.
       image_key: the tfds feature that holds the image.
       data_dir: tfds data directory (None: tfds's default).
-      download: let tfds download and prepare a missing dataset; None means yes unless NST_JAX_OFFLINE=1.
+      download: let tfds download and prepare a missing dataset; None means yes unless offline
+        (`nst_jax.runtime.offline`: NST_JAX_OFFLINE=1, true, yes or on).
 
     Returns:
       a `Source`.
@@ -151,7 +149,7 @@ def open_source(spec: str, *, split: str = "train", image_key: str = "image", da
     if kind == "folder":
         return Source(scan_folder(value), f"folder {value}", None)
     if download is None:
-        download = os.environ.get("NST_JAX_OFFLINE", "") not in ("1", "true", "yes")
+        download = not runtime.offline()
     try:
         import tensorflow_datasets as tfds
 
@@ -186,22 +184,10 @@ def _describe(item: Any, source: Source, index: int | None = None) -> str:
     return f"{source.name} example {name if name is not None else index}"
 
 
-def _pil_to_rgb(im: Image.Image) -> Image.Image:
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
-        a = np.asarray(im).astype(np.float32)
-        a = a / np.float32(65535.0) if im.mode != "F" else a
-        return Image.fromarray(np.rint(np.clip(a, 0, 1) * 255).astype(np.uint8)).convert("RGB")
-    return im.convert("RGB")
-
-
 def decode(item: Any, image_key: str | None, draft: int | None = None) -> Image.Image:
     """Decode one raw item (a file path, encoded bytes, or a tfds example) into an 8-bit RGB PIL image.
 
-    EXIF orientation is applied and alpha is composited on white (as `nst_jax.image.load_image`). For JPEGs,
+    EXIF orientation is applied and alpha is composited on white (`nst_jax.image.to_rgb`). For JPEGs,
     `draft` lets the decoder skip resolution it would throw away (shorter side kept >= draft).
 
     Raises:
@@ -210,7 +196,7 @@ def decode(item: Any, image_key: str | None, draft: int | None = None) -> Image.
     if image_key is not None:
         if not isinstance(item, dict) or image_key not in item:
             keys = ", ".join(sorted(item)) if isinstance(item, dict) else type(item).__name__
-            raise KeyError(f"no {image_key!r} feature (has: {keys}); set --config.image_key")
+            raise KeyError(f"no {image_key!r} feature (has: {keys}); set image_key")
         item = item[image_key]
     if isinstance(item, np.ndarray):
         a = item
@@ -218,7 +204,7 @@ def decode(item: Any, image_key: str | None, draft: int | None = None) -> Image.
             a = a[..., 0]
         if a.dtype != np.uint8:
             raise ValueError(f"expected a uint8 image, got {a.dtype}")
-        return _pil_to_rgb(Image.fromarray(a))
+        return to_rgb(Image.fromarray(a))
     src = io.BytesIO(item) if isinstance(item, bytes | bytearray) else item
     with Image.open(src) as im:
         if draft and im.format == "JPEG":
@@ -228,7 +214,7 @@ def decode(item: Any, image_key: str | None, draft: int | None = None) -> Image.
                 im.draft("RGB", (int(w / scale + 0.5), int(h / scale + 0.5)))
         im.load()
         im = ImageOps.exif_transpose(im)
-        return _pil_to_rgb(im)
+        return to_rgb(im)
 
 
 def _resize_hw(h: int, w: int, aug: Augment, size: int | None = None) -> tuple[int, int]:
@@ -237,45 +223,7 @@ def _resize_hw(h: int, w: int, aug: Augment, size: int | None = None) -> tuple[i
         return h, w
     if aug.resize_mode == "square":
         return size, size
-    # torchvision Resize(int): the shorter side becomes `size`, the longer int(size * long / short)
-    if h <= w:
-        return size, max(int(size * w / h), 1)
-    return max(int(size * h / w), 1), size
-
-
-def _rgb_to_hsv(x: np.ndarray) -> np.ndarray:
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    v = x.max(-1)
-    c = v - x.min(-1)
-    s = np.where(v > 0, c / np.where(v > 0, v, 1), 0)
-    safe = np.where(c > 0, c, 1)
-    h = np.where(v == r, (g - b) / safe, np.where(v == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
-    h = np.where(c > 0, (h / 6.0) % 1.0, 0)
-    return np.stack([h, s, v], -1)
-
-
-def _hsv_to_rgb(x: np.ndarray) -> np.ndarray:
-    h, s, v = x[..., 0], x[..., 1], x[..., 2]
-    i = np.floor(h * 6.0)
-    f = h * 6.0 - i
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    i = i.astype(np.int32) % 6
-    choices = [np.stack(c, -1) for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))]
-    out = np.zeros_like(x)
-    for k, c in enumerate(choices):
-        out = np.where((i == k)[..., None], c, out)
-    return out
-
-
-def _magenta_colour(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """tf.image.random_brightness(0.8), random_saturation(0.5, 1.5), random_hue(0.2) on a uint8 image."""
-    x = a.astype(np.float32) / np.float32(255)
-    x = np.clip(x + np.float32(rng.uniform(-0.8, 0.8)), 0, 1)
-    hsv = _rgb_to_hsv(x)
-    hsv[..., 1] = np.clip(hsv[..., 1] * np.float32(rng.uniform(0.5, 1.5)), 0, 1)
-    hsv[..., 0] = (hsv[..., 0] + np.float32(rng.uniform(-0.2, 0.2))) % 1.0
-    x = _hsv_to_rgb(hsv)
-    return np.rint(np.clip(x, 0, 1) * 255).astype(np.uint8)
+    return shorter_side_hw(h, w, size)
 
 
 def augment(img: Image.Image, aug: Augment, rng: np.random.Generator) -> np.ndarray:
@@ -283,7 +231,7 @@ def augment(img: Image.Image, aug: Augment, rng: np.random.Generator) -> np.ndar
     w, h = img.size
     s = aug.image_size
     if aug.mode == "magenta":
-        a = _magenta_colour(np.asarray(img), rng)
+        a = color.color_jitter(np.asarray(img), rng)
         if rng.random() < 0.5:
             a = a[:, ::-1]
         if rng.random() < 0.5:
@@ -312,7 +260,7 @@ def center_crop_image(img: Image.Image, aug: Augment) -> np.ndarray:
         img = img.resize((nw, nh), Image.Resampling.BILINEAR)
     if nh < s or nw < s:
         raise ValueError(f"{w}x{h} image is smaller than the {s} px crop")
-    top, left = int(round((nh - s) / 2.0)), int(round((nw - s) / 2.0))
+    top, left = center_crop_box(nh, nw, s, s)
     return np.asarray(img.crop((left, top, left + s, top + s)), dtype=np.uint8)
 
 
@@ -325,7 +273,7 @@ def prepare(source: Source, aug: Augment, index: int, item: Any, rng: np.random.
         img = decode(item, source.image_key, draft=draft)
         if min(img.size) < aug.min_side:
             return Skipped(_describe(item, source, index),
-                           f"too small ({img.size[0]}x{img.size[1]} < min_image_side {aug.min_side})")
+                           f"too small ({img.size[0]}x{img.size[1]} < min_side {aug.min_side})")
         if rng is None:
             return center_crop_image(img, aug)
         return augment(img, aug, rng)

@@ -1,41 +1,46 @@
-"""Images in and out: loading, saving, resizing, cropping, colour spaces and colour preservation.
+"""Images in and out: loading, saving, resizing, cropping, masks and grids.
 
 The one image convention of the project: NHWC float32 RGB in [0, 1]. This module (with `weights/`) is the only
-place that knows about uint8, file formats, EXIF orientation, alpha and bit depth.
+place that knows about uint8, file formats, EXIF orientation, alpha and bit depth. Colour spaces and colour
+preservation are in `nst_jax.color`.
 
 Resizing follows what the reference implementations feed their nets: `load_image(size=...)` is torchvision's
 `Resize(int)` on a PIL image (bilinear with antialiasing, the long side `int(size * long / short)`), as
 pytorch-AdaIN's `--content_size`/`--style_size`. The array `resize` uses the same Pillow filters, so a NumPy
 array and a JAX array (the latter jit-able) resize to the same values.
-
-Colour preservation (Gatys et al. 2016, "Preserving color in neural artistic style transfer"):
-- `luminance_transfer(stylized, content)`: the stylized image's luminance with the content's chroma (YIQ).
-- `coral(source, target)`: recolour `source` so its RGB mean and covariance match `target`'s; with
-  source=style and target=content before stylizing, this is pytorch-AdaIN's `--preserve_color`.
-Colour functions accept NumPy or JAX arrays and return the same kind.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from nst_jax.errors import ImageError
+from nst_jax.color import coral, rgb_to_yiq
+from nst_jax.errors import ImageError, NstError
+from nst_jax.files import atomic_write
+from nst_jax.resample import resize
+from nst_jax.typing import ArrayLike
 
-ArrayLike = np.ndarray | jax.Array
+# `nst_jax.image.coral` stays public (README, notebooks/blend_styles.ipynb); `resize` is this module's.
+__all__ = [
+    "IMAGE_EXTENSIONS", "adaptive_avg_pool", "aspect_ratios_differ", "center_crop", "center_crop_box", "coral",
+    "expand_masks", "fit_mask", "fit_max_side", "from_uint8", "image_grid", "is_image_name", "list_images",
+    "load_image", "load_mask", "masks_to_grid", "random_crop", "resize", "resize_max_side", "resize_shorter",
+    "save_image", "shorter_side_hw", "to_rgb", "to_uint8",
+]
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm", ".pbm"}
 )
+# Relative tolerance on aspect ratios when a mask of another size is stretched over the content image.
+ASPECT_TOLERANCE = 0.02
 
 # ----------------------------------------------------------------------------------------------------
 # uint8 <-> float
@@ -83,40 +88,61 @@ def _has_alpha(im: Image.Image) -> bool:
     return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
 
 
-def _to_rgb(im: Image.Image) -> Image.Image | np.ndarray:
-    """An 8-bit RGB PIL image, or for high-bit-depth/float grayscale a (H, W, 3) float32 array in [0, 1]."""
-    if im.mode.startswith("I;16") or im.mode == "I":
-        # 16-bit grayscale (PNG/TIFF): keep the precision that converting to "L" would throw away.
-        a = np.asarray(im).astype(np.float32) / np.float32(65535.0)
-        return np.repeat(np.clip(a, 0.0, 1.0)[:, :, None], 3, axis=2)
-    if im.mode == "F":
-        a = np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)
-        return np.repeat(a[:, :, None], 3, axis=2)
+def _is_high_depth(im: Image.Image) -> bool:
+    return im.mode.startswith("I;16") or im.mode in ("I", "F")
+
+
+def _high_depth_rgb(im: Image.Image) -> np.ndarray:
+    """16-bit or float grayscale as (H, W, 3) float32 in [0, 1] (16-bit scaled by 1/65535, float clipped)."""
+    a = np.asarray(im).astype(np.float32)
+    if im.mode != "F":
+        a = a / np.float32(65535.0)
+    return np.repeat(np.clip(a, 0.0, 1.0)[:, :, None], 3, axis=2)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB: alpha composited on white, 16-bit and float grayscale rounded to 8 bits.
+
+    `load_image` keeps 16-bit precision instead (it returns floats); the training data and the live server's
+    decoders use this.
+    """
     if _has_alpha(im):
         rgba = im.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
+    if _is_high_depth(im):
+        return Image.fromarray(np.rint(_high_depth_rgb(im) * 255).astype(np.uint8), "RGB")
     return im.convert("RGB")
 
 
-def _shorter_side_hw(h: int, w: int, size: int) -> tuple[int, int]:
+def is_image_name(name: str) -> bool:
+    """Whether a file name looks like an image: a known extension (any case), not hidden (no leading dot)."""
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def shorter_side_hw(h: int, w: int, size: int) -> tuple[int, int]:
     """torchvision Resize(int): the shorter side becomes `size`, the longer `int(size * long / short)`."""
     short, long = (h, w) if h <= w else (w, h)
     new_short, new_long = size, max(int(size * long / short), 1)
     return (new_short, new_long) if h <= w else (new_long, new_short)
 
 
+def _long_side_hw(h: int, w: int, size: int, rounding) -> tuple[int, int]:
+    """The longer side set to `size`, the other scaled with it (rounded by `rounding`, at least 1)."""
+    if h >= w:
+        return size, max(rounding(size * w / h), 1)
+    return max(rounding(size * h / w), 1), size
+
+
 def _max_side_hw(h: int, w: int, size: int) -> tuple[int, int]:
     """The longer side capped at `size`, keeping the aspect ratio (torchvision's max_size rounding)."""
     if max(h, w) <= size:
         return h, w
-    if h >= w:
-        return size, max(int(size * w / h), 1)
-    return max(int(size * h / w), 1), size
+    return _long_side_hw(h, w, size, int)
 
 
-def _crop_box(h: int, w: int, th: int, tw: int) -> tuple[int, int]:
-    """torchvision CenterCrop's top/left offsets."""
+def center_crop_box(h: int, w: int, th: int, tw: int) -> tuple[int, int]:
+    """torchvision CenterCrop's (top, left) offsets of a th x tw window in an h x w image."""
     if th > h or tw > w:
         raise ValueError(f"crop {th}x{tw} is larger than the image {h}x{w}")
     return int(round((h - th) / 2.0)), int(round((w - tw) / 2.0))
@@ -146,17 +172,19 @@ def load_image(path: str | os.PathLike, *, size: int | None = None, max_side: in
     if size is not None and size < 1 or max_side is not None and max_side < 1:
         raise ValueError(f"size and max_side must be positive, got size={size}, max_side={max_side}")
     path = Path(path)
-    img = _to_rgb(_open(path))
+    im = _open(path)
+    # 16-bit and float grayscale keep their precision as floats; everything else is 8-bit RGB in Pillow.
+    img = _high_depth_rgb(im) if _is_high_depth(im) else to_rgb(im)
     if isinstance(img, Image.Image):
         # 8-bit images resize in Pillow exactly as torchvision does on PIL images (the reference pipelines).
         w, h = img.size
         if size is not None:
-            nh, nw = _shorter_side_hw(h, w, size)
+            nh, nw = shorter_side_hw(h, w, size)
             if (nh, nw) != (h, w):
                 img = img.resize((nw, nh), Image.Resampling.BILINEAR)
                 h, w = nh, nw
         if crop:
-            top, left = _crop_box(h, w, size, size)
+            top, left = center_crop_box(h, w, size, size)
             img = img.crop((left, top, left + size, top + size))
             h = w = size
         if max_side is not None:
@@ -182,12 +210,6 @@ def _save_format(path: Path) -> str:
     return fmt
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_image(path: str | os.PathLike, img: ArrayLike, *, overwrite: bool = False) -> Path:
     """Write one image atomically (temporary file + rename); the format follows the extension.
 
@@ -210,24 +232,13 @@ def save_image(path: str | os.PathLike, img: ArrayLike, *, overwrite: bool = Fal
     if a.ndim != 3 or a.shape[-1] != 3:
         raise ValueError(f"save_image expects (H, W, 3) or (1, H, W, 3), got {a.shape}")
     if path.exists() and not overwrite:
-        raise ImageError(f"{path} exists; pass --overwrite to replace it")
+        raise ImageError(f"{path} exists (pass overwrite=True to replace it)")
     pil = Image.fromarray(to_uint8(a))
     options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            pil.save(f, format=fmt, **options)
-        # mkstemp creates 0600 files; give the output the permissions a plain open() would have.
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-        tmp = None
+        atomic_write(path, lambda f: pil.save(f, format=fmt, **options), overwrite=overwrite)
     except (OSError, ValueError, KeyError) as e:
         raise ImageError(f"cannot write {path}: {e}") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -240,8 +251,7 @@ def list_images(directory: str | os.PathLike) -> list[Path]:
     d = Path(directory)
     if not d.is_dir():
         raise ImageError(f"not a directory: {d}")
-    files = sorted(p for p in d.iterdir()
-                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = sorted(p for p in d.iterdir() if p.is_file() and is_image_name(p.name))
     if not files:
         raise ImageError(f"no image files in {d} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     return files
@@ -262,84 +272,29 @@ def load_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> 
 
 
 # ----------------------------------------------------------------------------------------------------
-# Resizing and cropping (NHWC, NumPy or JAX)
-
-_FILTERS = {"bilinear": (Image.Resampling.BILINEAR, 1.0), "area": (Image.Resampling.BOX, 0.5)}
-
-
-def _filter_weights(in_size: int, out_size: int, method: str) -> np.ndarray:
-    """Dense (out, in) resampling matrix with Pillow's coefficients (Resample.c precompute_coeffs)."""
-    support = _FILTERS[method][1]
-    scale = in_size / out_size
-    filterscale = max(scale, 1.0)
-    support *= filterscale
-    m = np.zeros((out_size, in_size), np.float64)
-    for i in range(out_size):
-        center = (i + 0.5) * scale
-        lo = max(int(center - support + 0.5), 0)
-        hi = min(int(center + support + 0.5), in_size)
-        x = (np.arange(lo, hi) - center + 0.5) / filterscale
-        if method == "bilinear":
-            w = np.maximum(1.0 - np.abs(x), 0.0)
-        else:
-            w = ((x > -0.5) & (x <= 0.5)).astype(np.float64)
-        m[i, lo:hi] = w / w.sum()
-    return m.astype(np.float32)
-
-
-def _nearest_index(in_size: int, out_size: int) -> np.ndarray:
-    scale = in_size / out_size
-    return np.minimum(np.floor((np.arange(out_size) + 0.5) * scale).astype(np.int64), in_size - 1)
-
-
-def resize(img: ArrayLike, hw: tuple[int, int], method: str = "bilinear") -> ArrayLike:
-    """Resize NHWC images to (h, w) with Pillow's filters (antialiased when shrinking).
-
-    Args:
-      img: (N, H, W, C) NumPy or JAX array (JAX: jit-able, shapes static).
-      hw: output (height, width).
-      method: "bilinear", "nearest" or "area" (Pillow BOX: exact block averages for integer factors).
-
-    Returns:
-      (N, h, w, C) of the same array kind and dtype.
-    """
-    if method not in ("bilinear", "nearest", "area"):
-        raise ValueError(f"unknown resize method {method!r}; use bilinear, nearest or area")
-    oh, ow = int(hw[0]), int(hw[1])
-    if oh < 1 or ow < 1:
-        raise ValueError(f"resize to a non-positive size {hw}")
-    n, h, w, c = img.shape
-    if (oh, ow) == (h, w):
-        return img
-    is_jax = isinstance(img, jax.Array)
-    if method == "nearest":
-        xp = jnp if is_jax else np
-        return xp.take(xp.take(img, _nearest_index(h, oh), axis=1), _nearest_index(w, ow), axis=2)
-    if is_jax:
-        mh = jnp.asarray(_filter_weights(h, oh, method), img.dtype)
-        mw = jnp.asarray(_filter_weights(w, ow, method), img.dtype)
-        hi = jax.lax.Precision.HIGHEST
-        y = jnp.einsum("nhwc,oh->nowc", img, mh, precision=hi)
-        return jnp.einsum("nowc,pw->nopc", y, mw, precision=hi)
-    # NumPy: Pillow's float ("F") resampling is sparse and fast even for multi-megapixel photos.
-    a = np.asarray(img, np.float32)
-    out = np.empty((n, oh, ow, c), np.float32)
-    resample = _FILTERS[method][0]
-    for i in range(n):
-        for k in range(c):
-            channel = Image.fromarray(np.ascontiguousarray(a[i, :, :, k]))
-            out[i, :, :, k] = np.asarray(channel.resize((ow, oh), resample))
-    return out.astype(img.dtype, copy=False)
+# Resizing and cropping (NHWC, NumPy or JAX; `resize` itself is `nst_jax.resample.resize`)
 
 
 def resize_shorter(img: ArrayLike, size: int, method: str = "bilinear") -> ArrayLike:
     """Resize NHWC images so the shorter side is `size` (torchvision `Resize(int)` rounding)."""
-    return resize(img, _shorter_side_hw(img.shape[1], img.shape[2], size), method)
+    return resize(img, shorter_side_hw(img.shape[1], img.shape[2], size), method)
 
 
 def resize_max_side(img: ArrayLike, size: int, method: str = "bilinear") -> ArrayLike:
-    """Shrink NHWC images so the longer side is at most `size` (unchanged if already within it)."""
+    """Shrink NHWC images so the longer side is at most `size`; never enlarges (see `fit_max_side`)."""
     return resize(img, _max_side_hw(img.shape[1], img.shape[2], size), method)
+
+
+def fit_max_side(img: ArrayLike, size: int, method: str = "bilinear") -> np.ndarray:
+    """Resize NHWC images so the longer side is exactly `size`: may enlarge (unlike `resize_max_side`).
+
+    The other side keeps the aspect ratio, rounded to nearest (Gatys' multi-scale sizes).
+
+    Returns:
+      (N, h, w, C) float32 NumPy array.
+    """
+    hw = _long_side_hw(img.shape[1], img.shape[2], size, lambda x: int(round(x)))
+    return np.asarray(resize(np.asarray(img, np.float32), hw, method))
 
 
 def _hw(size_or_hw: int | Sequence[int]) -> tuple[int, int]:
@@ -352,7 +307,7 @@ def _hw(size_or_hw: int | Sequence[int]) -> tuple[int, int]:
 def center_crop(img: ArrayLike, size_or_hw: int | Sequence[int]) -> ArrayLike:
     """Centre crop NHWC images to `size` x `size` or (h, w), with torchvision CenterCrop's offsets."""
     th, tw = _hw(size_or_hw)
-    top, left = _crop_box(img.shape[1], img.shape[2], th, tw)
+    top, left = center_crop_box(img.shape[1], img.shape[2], th, tw)
     return img[:, top:top + th, left:left + tw, :]
 
 
@@ -368,134 +323,82 @@ def random_crop(img: ArrayLike, size_or_hw: int | Sequence[int], rng: np.random.
 
 
 # ----------------------------------------------------------------------------------------------------
-# Colour spaces (NumPy or JAX, any leading shape, channels last)
-
-# NTSC YIQ (FCC) and full-range BT.601 YCbCr (JPEG, offsets 0.5 for [0, 1] images). The inverses are the exact
-# matrix inverses, so round trips are exact up to float rounding.
-_RGB2YIQ = np.array([[0.299, 0.587, 0.114],
-                     [0.595716, -0.274453, -0.321263],
-                     [0.211456, -0.522591, 0.311135]], np.float64)
-_YIQ2RGB = np.linalg.inv(_RGB2YIQ)
-_RGB2YCC = np.array([[0.299, 0.587, 0.114],
-                     [-0.168735892, -0.331264108, 0.5],
-                     [0.5, -0.418687589, -0.081312411]], np.float64)
-_YCC2RGB = np.linalg.inv(_RGB2YCC)
-_YCC_OFFSET = np.array([0.0, 0.5, 0.5], np.float64)
+# Masks (spatial control: one (H, W) mask in [0, 1] per style)
 
 
-def _xp(x: ArrayLike):
-    return jnp if isinstance(x, jax.Array) else np
+def aspect_ratios_differ(hw: tuple[int, int], other_hw: tuple[int, int],
+                         tolerance: float = ASPECT_TOLERANCE) -> bool:
+    """Whether two (h, w) sizes differ in aspect ratio by more than `tolerance` (relative), e.g. mask and content."""
+    return abs((hw[1] / hw[0]) / (other_hw[1] / other_hw[0]) - 1.0) > tolerance
 
 
-def _apply_matrix(x: ArrayLike, m: np.ndarray) -> ArrayLike:
-    if isinstance(x, jax.Array):
-        return jnp.einsum("...c,dc->...d", x, jnp.asarray(m, x.dtype), precision=jax.lax.Precision.HIGHEST)
-    x = np.asarray(x)
-    dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32
-    return (x.astype(np.float64) @ m.T).astype(dtype)
+def fit_mask(mask: ArrayLike, hw: tuple[int, int]) -> np.ndarray:
+    """Stretch an (H, W) mask to (h, w) (bilinear, only if the size differs) and clip it to [0, 1]: float32."""
+    m = np.asarray(mask, np.float32)
+    if m.shape != tuple(hw):
+        m = np.asarray(resize(m[None, :, :, None], tuple(hw), "bilinear"))[0, :, :, 0]
+    return np.clip(m, 0.0, 1.0)
 
 
-def _const(x: ArrayLike, v: np.ndarray) -> ArrayLike:
-    return jnp.asarray(v, x.dtype) if isinstance(x, jax.Array) else v.astype(np.asarray(x).dtype)
+def expand_masks(masks: Sequence[Any], n_styles: int) -> list:
+    """One mask for two styles means white = the first style, black = the second (the Lua original's `-mask`)."""
+    if len(masks) == 1 and n_styles == 2:
+        m = np.asarray(masks[0], np.float32)
+        return [m, np.float32(1.0) - m]
+    return list(masks)
 
 
-def rgb_to_yiq(img: ArrayLike) -> ArrayLike:
-    """RGB -> YIQ (Y luminance in [0, 1], I and Q chroma), channels last."""
-    return _apply_matrix(img, _RGB2YIQ)
+def adaptive_avg_pool(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Average a (H, W) mask onto an (h, w) grid (torch's adaptive_avg_pool2d bins: floor start, ceil end)."""
+    H, W = mask.shape
+    h, w = hw
+    rows = [(i * H // h, -(-(i + 1) * H // h)) for i in range(h)]
+    cols = [(j * W // w, -(-(j + 1) * W // w)) for j in range(w)]
+    c = np.zeros((H + 1, W + 1), np.float64)
+    c[1:, 1:] = np.cumsum(np.cumsum(mask.astype(np.float64), 0), 1)
+    r0, r1 = np.array(rows).T
+    c0, c1 = np.array(cols).T
+    total = c[r1][:, c1] - c[r0][:, c1] - c[r1][:, c0] + c[r0][:, c0]
+    area = np.outer(r1 - r0, c1 - c0)
+    return (total / area).astype(np.float32)
 
 
-def yiq_to_rgb(img: ArrayLike) -> ArrayLike:
-    """YIQ -> RGB, the inverse of `rgb_to_yiq` (not clipped)."""
-    return _apply_matrix(img, _YIQ2RGB)
-
-
-def rgb_to_ycbcr(img: ArrayLike) -> ArrayLike:
-    """RGB -> full-range YCbCr (JPEG's BT.601), all three in [0, 1] for RGB in [0, 1]."""
-    y = _apply_matrix(img, _RGB2YCC)
-    return y + _const(y, _YCC_OFFSET)
-
-
-def ycbcr_to_rgb(img: ArrayLike) -> ArrayLike:
-    """Full-range YCbCr -> RGB, the inverse of `rgb_to_ycbcr` (not clipped)."""
-    if not isinstance(img, jax.Array):
-        img = np.asarray(img)
-    return _apply_matrix(img - _const(img, _YCC_OFFSET), _YCC2RGB)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Colour preservation
-
-
-def luminance_transfer(stylized: ArrayLike, content: ArrayLike) -> ArrayLike:
-    """Luminance-only colour preservation: the stylized image's luminance with the content's chroma (YIQ).
+def masks_to_grid(masks: Sequence[Any], content_hw: tuple[int, int], grid_hw: tuple[int, int],
+                  n_styles: int) -> np.ndarray:
+    """Prepare spatial-control masks: check count and shape, stretch to the content, average onto the grid.
 
     Args:
-      stylized: (N, H, W, 3) in [0, 1].
-      content: (N or 1, h, w, 3); resized (bilinear) to (H, W) if needed.
+      masks: one (H, W) array in [0, 1] per style; or, for exactly 2 styles, a single mask (white = first
+        style, black = second, as the Lua original's `-mask`). A mask of another size than the content must
+        have the same aspect ratio (within 2%); it is resized (bilinear) to the content's size.
+      content_hw: the content image's (H, W).
+      grid_hw: the feature grid (h, w) the masks are averaged onto (AdaIN: relu4_1's).
+      n_styles: number of styles.
 
     Returns:
-      (N, H, W, 3) in [0, 1], same array kind as `stylized`.
+      (h, w, K) float32 weights.
+
+    Raises:
+      NstError: wrong count; ImageError: a mask whose shape does not match the content.
     """
-    xp = _xp(stylized)
-    if content.shape[1:3] != stylized.shape[1:3]:
-        content = resize(content, stylized.shape[1:3], "bilinear")
-    if xp is jnp:
-        content = jnp.asarray(content, stylized.dtype)
-    s = rgb_to_yiq(stylized)
-    c = rgb_to_yiq(content)
-    c = xp.broadcast_to(c, s.shape)
-    yiq = xp.concatenate([s[..., :1], c[..., 1:]], axis=-1)
-    return xp.clip(yiq_to_rgb(yiq), 0.0, 1.0)
-
-
-def _sym_sqrt(xp, cov, inverse: bool):
-    w, v = xp.linalg.eigh(cov)
-    w = xp.maximum(w, 1e-12)
-    d = 1.0 / xp.sqrt(w) if inverse else xp.sqrt(w)
-    return (v * d[..., None, :]) @ xp.swapaxes(v, -1, -2)
-
-
-def coral(source: ArrayLike, target: ArrayLike, eps: float = 1e-5) -> ArrayLike:
-    """CORAL colour transfer: recolour `source` so its RGB mean and covariance match `target`'s.
-
-    As pytorch-AdaIN's `util.coral` (standardise per channel, whiten with the inverse square root of the
-    channel correlation matrix, colour with the target's), except that correlations are averaged over pixels
-    rather than summed, so images of different sizes match too. `coral(style, content)` before stylizing is
-    colour preservation by histogram matching.
-
-    Args:
-      source: (N, H, W, 3) images to recolour.
-      target: (N or 1, h, w, 3) images whose colour statistics to take (any spatial size).
-      eps: added to variances and to the correlation diagonals for stability on flat images.
-
-    Returns:
-      (N, H, W, 3) in [0, 1], same array kind as `source`.
-    """
-    xp = _xp(source)
-    if xp is np:
-        s = np.asarray(source, np.float64)
-        t = np.asarray(target, np.float64)
-    else:
-        s = source
-        t = jnp.asarray(target, source.dtype)
-
-    def stats(x):
-        f = x.reshape(x.shape[0], -1, 3)
-        mean = xp.mean(f, axis=1, keepdims=True)
-        std = xp.sqrt(xp.var(f, axis=1, keepdims=True) + eps)
-        z = (f - mean) / std
-        corr = xp.swapaxes(z, 1, 2) @ z / z.shape[1] + eps * xp.eye(3, dtype=z.dtype)
-        return z, mean, std, corr
-
-    zs, _, _, cs = stats(s)
-    _, mt, st, ct = stats(t)
-    a = _sym_sqrt(xp, ct, False) @ _sym_sqrt(xp, cs, True)
-    out = (zs @ xp.swapaxes(a, 1, 2)) * st + mt
-    out = xp.clip(out.reshape(s.shape), 0.0, 1.0)
-    if xp is np:
-        dtype = source.dtype if np.issubdtype(np.asarray(source).dtype, np.floating) else np.float32
-        return out.astype(dtype)
-    return out
+    ms = expand_masks([np.asarray(m, np.float32) for m in masks], n_styles)
+    if len(ms) != n_styles:
+        raise NstError(f"got {len(masks)} masks for {n_styles} styles: give one mask per style"
+                       + (" (or one mask for two styles)" if n_styles == 2 else ""))
+    H, W = content_hw
+    out = []
+    for i, m in enumerate(ms):
+        m = np.squeeze(m)
+        if m.ndim != 2:
+            raise ImageError(f"mask {i + 1} must be a single-channel (H, W) image, got shape "
+                             f"{np.shape(masks[i])}")
+        if not np.all(np.isfinite(m)) or m.min() < 0 or m.max() > 1:
+            raise ImageError(f"mask {i + 1} must hold values in [0, 1]")
+        if m.shape != (H, W) and aspect_ratios_differ(m.shape, (H, W)):
+            raise ImageError(f"mask {i + 1} is {m.shape[1]}x{m.shape[0]} but the content image is "
+                             f"{W}x{H}: their aspect ratios differ")
+        out.append(adaptive_avg_pool(fit_mask(m, (H, W)), grid_hw))
+    return np.stack(out, axis=-1)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import colorsys
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -144,15 +142,6 @@ def test_magenta_augmentation(tmp_path):
     assert not np.array_equal(a, c)
 
 
-def test_hsv_round_trip_matches_colorsys():
-    rng = np.random.default_rng(0)
-    x = rng.random((50, 3)).astype(np.float32)
-    hsv = data._rgb_to_hsv(x)
-    want = np.array([colorsys.rgb_to_hsv(*p) for p in x])
-    np.testing.assert_allclose(hsv, want, atol=1e-5)
-    np.testing.assert_allclose(data._hsv_to_rgb(hsv), x, atol=1e-5)
-
-
 def test_jpeg_draft_decodes_large_images_at_reduced_size(tmp_path):
     path = _write(tmp_path / "big.jpg", 600, 1000, fmt="JPEG")
     img = data.decode(path, None, draft=128)
@@ -189,3 +178,37 @@ def test_tfds_mock_data_source():
 def test_tfds_failure_is_a_data_error():
     with pytest.raises(DataError, match="cannot open tfds dataset 'no_such_dataset_xyz'"):
         data.open_source("tfds:no_such_dataset_xyz", download=False)
+
+
+@pytest.mark.parametrize("value, offline", [("1", True), ("on", True), (" Yes ", True), ("TRUE", True),
+                                            ("0", False), ("", False), ("off", False)])
+def test_tfds_downloads_unless_offline(monkeypatch, value, offline):
+    """tfds reads NST_JAX_OFFLINE as the weight downloads do (`on` once let tfds download while weights stayed
+    offline)."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    seen = {}
+
+    def data_source(name, *, split, data_dir, download):
+        seen["download"] = download
+        return [{"image": np.zeros((8, 8, 3), np.uint8)}]
+
+    monkeypatch.setattr(tfds, "data_source", data_source)
+    monkeypatch.setenv("NST_JAX_OFFLINE", value)
+    data.open_source("tfds:dtd")
+    assert seen["download"] is not offline
+    data.open_source("tfds:dtd", download=True)  # an explicit choice wins
+    assert seen["download"] is True
+
+
+def test_decode_composites_alpha_and_reduces_sixteen_bits(tmp_path):
+    rgba = np.zeros((4, 5, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[..., 3] = 0
+    rgba[:2, :, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    out = np.asarray(data.decode(tmp_path / "a.png", None))
+    np.testing.assert_array_equal(out[:2], np.broadcast_to([200, 0, 0], (2, 5, 3)))
+    np.testing.assert_array_equal(out[2:], 255)  # transparent: white
+    deep = np.array([[0, 257, 65535]], np.uint16)
+    Image.fromarray(deep).save(tmp_path / "d.png")
+    np.testing.assert_array_equal(np.asarray(data.decode(tmp_path / "d.png", None))[0, :, 0], [0, 1, 255])

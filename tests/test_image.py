@@ -1,4 +1,4 @@
-"""nst_jax.image: file I/O, resizing semantics, colour spaces and colour preservation."""
+"""nst_jax.image: file I/O, resizing semantics, crops, masks and grids."""
 
 from __future__ import annotations
 
@@ -283,87 +283,6 @@ def test_load_mask(tmp_path):
     np.testing.assert_allclose(im.load_mask(tmp_path / "red.png"), 0.299, atol=1e-6)
 
 
-# ------------------------------------------------------------------------------------------ colour
-
-
-def test_colour_space_round_trips_and_references(rng):
-    x = rng.random((2, 5, 7, 3), dtype=np.float32)
-    for fwd, inv in [(im.rgb_to_yiq, im.yiq_to_rgb), (im.rgb_to_ycbcr, im.ycbcr_to_rgb)]:
-        y = fwd(x)
-        assert isinstance(y, np.ndarray) and y.dtype == np.float32 and y.shape == x.shape
-        np.testing.assert_allclose(inv(y), x, atol=1e-6)
-        yj = jax.jit(fwd)(jnp.asarray(x))
-        assert isinstance(yj, jax.Array) and yj.dtype == jnp.float32
-        np.testing.assert_allclose(np.asarray(yj), y, atol=1e-6)
-        np.testing.assert_allclose(np.asarray(jax.jit(inv)(yj)), x, atol=1e-5)
-    yiq = im.rgb_to_yiq(x)
-    np.testing.assert_allclose(yiq[..., 0], x @ np.array([0.299, 0.587, 0.114], np.float32), atol=1e-6)
-    np.testing.assert_allclose(im.rgb_to_yiq(np.full((1, 1, 1, 3), 0.3, np.float32))[..., 1:], 0.0, atol=1e-6)
-    # Pillow's YCbCr conversion is the same JPEG transform (in 8 bits).
-    u = _u8(rng, 6, 9)
-    pil = np.asarray(Image.fromarray(u).convert("YCbCr")).astype(np.float32)
-    np.testing.assert_allclose(im.rgb_to_ycbcr(im.from_uint8(u)) * 255.0, pil, atol=1.01)
-
-
-def _coloured(rng, n, h, w, mean, cov):
-    pix = rng.multivariate_normal(mean, cov, size=(n, h, w)).astype(np.float32)
-    return pix
-
-
-def _stats(x):
-    f = np.asarray(x, np.float64).reshape(-1, 3)
-    return f.mean(0), np.cov(f, rowvar=False, bias=True)
-
-
-def test_coral_matches_target_mean_and_covariance(rng):
-    source = _coloured(rng, 2, 40, 50, [0.3, 0.5, 0.6], [[0.004, 0.002, 0.0], [0.002, 0.006, -0.001],
-                                                         [0.0, -0.001, 0.003]])
-    target = _coloured(rng, 1, 30, 20, [0.6, 0.45, 0.35], [[0.010, 0.004, 0.003], [0.004, 0.008, 0.002],
-                                                           [0.003, 0.002, 0.005]])
-    assert source.min() > 0 and source.max() < 1 and target.min() > 0 and target.max() < 1
-    out = im.coral(source, target)
-    assert isinstance(out, np.ndarray) and out.shape == source.shape and out.dtype == np.float32
-    tm, tc = _stats(target)
-    for i in range(2):
-        m, c = _stats(out[i])
-        np.testing.assert_allclose(m, tm, atol=1e-4)
-        np.testing.assert_allclose(c, tc, atol=2e-5, rtol=0.01)
-        assert not np.allclose(_stats(source[i])[1], tc, rtol=0.2)
-    # The recolouring is affine per image: spatial structure survives.
-    ys, yo = source[0] @ [0.299, 0.587, 0.114], out[0] @ [0.299, 0.587, 0.114]
-    assert np.corrcoef(ys.ravel(), yo.ravel())[0, 1] > 0.5
-    outj = jax.jit(im.coral)(jnp.asarray(source), jnp.asarray(target))
-    np.testing.assert_allclose(np.asarray(outj), out, atol=1e-4)
-    # Output is clipped, and flat images do not blow up (eps).
-    flat = np.full((1, 8, 8, 3), 0.5, np.float32)
-    assert np.isfinite(im.coral(flat, target)).all()
-    assert np.isfinite(im.coral(source[:1], flat)).all()
-    wild = im.coral(source[:1], _coloured(rng, 1, 8, 8, [0.5] * 3, np.eye(3)))
-    assert wild.min() >= 0.0 and wild.max() <= 1.0
-
-
-def test_luminance_transfer_keeps_content_chroma_and_stylized_luma(rng):
-    stylized = (0.3 + 0.4 * rng.random((2, 12, 16, 3))).astype(np.float32)
-    content = (0.35 + 0.3 * rng.random((2, 12, 16, 3))).astype(np.float32)
-    out = im.luminance_transfer(stylized, content)
-    assert out.shape == stylized.shape and out.dtype == np.float32
-    yo, yc, ys = im.rgb_to_yiq(out), im.rgb_to_yiq(content), im.rgb_to_yiq(stylized)
-    np.testing.assert_allclose(yo[..., 0], ys[..., 0], atol=1e-5)
-    np.testing.assert_allclose(yo[..., 1:], yc[..., 1:], atol=1e-5)
-    outj = jax.jit(im.luminance_transfer)(jnp.asarray(stylized), jnp.asarray(content))
-    np.testing.assert_allclose(np.asarray(outj), out, atol=1e-5)
-    # A content image of another size is resized to the stylized one; one content broadcasts over the batch.
-    small = im.resize(content[:1], (6, 8), "area")
-    out2 = im.luminance_transfer(stylized, small)
-    assert out2.shape == stylized.shape
-    chroma = im.rgb_to_yiq(im.resize(small, (12, 16)))[..., 1:]
-    np.testing.assert_allclose(im.rgb_to_yiq(out2)[..., 1:], np.broadcast_to(chroma, out2[..., 1:].shape),
-                               atol=1e-5)
-    red = np.array([[[[1.0, 0.0, 0.0]]]], np.float32)
-    extreme = im.luminance_transfer(np.ones((1, 4, 4, 3), np.float32), red)
-    assert extreme.min() >= 0.0 and extreme.max() <= 1.0
-
-
 def test_image_grid():
     a = np.zeros((1, 4, 6, 3), np.float32)
     b = np.full((2, 3, 3), 0.5, np.float32)
@@ -386,3 +305,63 @@ def test_save_image_uses_default_file_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (out.stat().st_mode & 0o777) == (0o666 & ~mask)
+
+
+# ------------------------------------------------------------------------------------------ shared helpers
+
+
+def test_to_rgb_composites_on_white_and_reduces_deep_images():
+    la = Image.fromarray(np.stack([np.full((2, 3), 10, np.uint8), np.array([[255, 0, 128]] * 2, np.uint8)], -1),
+                         "LA")
+    out = np.asarray(im.to_rgb(la))
+    assert out.dtype == np.uint8 and out.shape == (2, 3, 3)
+    np.testing.assert_array_equal(out[:, 0], 10)
+    np.testing.assert_array_equal(out[:, 1], 255)
+    np.testing.assert_allclose(out[:, 2], 10 * 128 / 255 + 255 * 127 / 255, atol=1)
+    deep = Image.fromarray(np.array([[0, 32768, 65535]], np.uint16))
+    np.testing.assert_array_equal(np.asarray(im.to_rgb(deep))[0], [[0] * 3, [128] * 3, [255] * 3])
+    flt = Image.fromarray(np.array([[-1.0, 0.5, 2.0]], np.float32))
+    np.testing.assert_array_equal(np.asarray(im.to_rgb(flt))[0, :, 1], [0, 128, 255])
+    assert im.to_rgb(Image.new("CMYK", (2, 2))).mode == "RGB"
+
+
+def test_size_helpers_follow_torchvision_and_name_what_they_do():
+    assert im.shorter_side_hw(30, 50, 20) == (20, 33)
+    assert im.shorter_side_hw(50, 30, 20) == (33, 20)
+    assert im.shorter_side_hw(3, 1000, 2) == (2, 666)
+    assert im.center_crop_box(10, 9, 4, 4) == (3, 2)  # round((10 - 4) / 2), round(2.5) -> 2
+    with pytest.raises(ValueError, match="larger"):
+        im.center_crop_box(4, 4, 5, 4)
+    x = np.zeros((1, 30, 45, 3), np.float32)
+    assert im.resize_max_side(x, 90).shape == (1, 30, 45, 3)  # never enlarges
+    assert im.fit_max_side(x, 90).shape == (1, 60, 90, 3)  # enlarges to exactly the size
+    assert im.resize_max_side(np.zeros((1, 45, 31, 3), np.float32), 30).shape == (1, 30, 20, 3)  # truncated
+    assert im.fit_max_side(np.zeros((1, 45, 31, 3), np.float32), 30).shape == (1, 30, 21, 3)  # rounded
+    assert im.is_image_name("a.JPG") and im.is_image_name("b.tiff")
+    assert not im.is_image_name(".hidden.png") and not im.is_image_name("notes.txt")
+
+
+def test_mask_helpers(rng):
+    assert not im.aspect_ratios_differ((100, 200), (99, 200))  # 1% apart
+    assert not im.aspect_ratios_differ((100, 200), (50, 100))
+    assert im.aspect_ratios_differ((100, 200), (95, 200))
+    m = rng.random((8, 12)).astype(np.float32) * 1.4 - 0.2
+    fit = im.fit_mask(m, (8, 12))
+    np.testing.assert_array_equal(fit, np.clip(m, 0, 1))
+    big = im.fit_mask(m, (16, 24))
+    assert big.shape == (16, 24) and big.dtype == np.float32 and big.min() >= 0 and big.max() <= 1
+    np.testing.assert_allclose(big, np.clip(im.resize(m[None, :, :, None], (16, 24))[0, :, :, 0], 0, 1))
+    a, b = im.expand_masks([fit], 2)
+    np.testing.assert_array_equal(a + b, 1.0)
+    assert len(im.expand_masks([fit], 3)) == 1 and len(im.expand_masks([fit, fit], 2)) == 2
+    grid = im.masks_to_grid([fit], (8, 12), (2, 3), 2)
+    assert grid.shape == (2, 3, 2)
+    np.testing.assert_allclose(grid.sum(-1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(grid[..., 0], fit.reshape(2, 4, 3, 4).mean((1, 3)), atol=1e-6)
+
+
+def test_coral_stays_importable_from_image():
+    """README and notebooks/blend_styles.ipynb call `nst_jax.image.coral`; it is `nst_jax.color.coral`."""
+    from nst_jax import color
+
+    assert im.coral is color.coral

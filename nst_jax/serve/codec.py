@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from nst_jax.errors import ImageError
+from nst_jax.image import to_rgb, to_uint8
 
 FRAME_FORMATS = ("JPEG",)
 UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
@@ -72,15 +73,6 @@ def _load(im: Image.Image, what: str) -> Image.Image:
         raise ImageError(f"{what} cannot be decoded: {e}") from None
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """8-bit RGB; transparency is composited on white (as `nst_jax.image.load_image`)."""
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return im.convert("RGB")
-
-
 def _square(im: Image.Image, size: int) -> Image.Image:
     """Centre crop to a square, then resize to size x size (antialiased)."""
     w, h = im.size
@@ -107,7 +99,7 @@ def decode_frame(data: bytes, size: int, limits: Limits = Limits()) -> np.ndarra
     with im:
         # JPEG can decode at 1/2, 1/4 or 1/8 scale for free: never decode more pixels than the model will see.
         im.draft("RGB", (size, size))
-        im = _to_rgb(_load(im, "frame"))
+        im = to_rgb(_load(im, "frame"))
         im = _square(im, size)
         return np.asarray(im, dtype=np.float32) / np.float32(255.0)
 
@@ -132,7 +124,7 @@ def decode_upload(data: bytes, size: int, limits: Limits = Limits()) -> tuple[np
             im = ImageOps.exif_transpose(im)
         except (OSError, ValueError, SyntaxError, struct.error) as e:
             raise ImageError(f"upload has unreadable orientation data: {e}") from None
-        sq = _square(_to_rgb(im), size)
+        sq = _square(to_rgb(im), size)
     arr = np.asarray(sq, dtype=np.float32)[None] / np.float32(255.0)
     return arr, sq
 
@@ -143,9 +135,9 @@ def square_uint8(rgb: np.ndarray, size: int) -> np.ndarray:
 
 
 def encode_jpeg(img: np.ndarray, quality: int = 85) -> bytes:
-    """(H, W, 3) float in [0, 1] or uint8 -> JPEG bytes."""
+    """(H, W, 3) float in [0, 1] (rounded as `nst_jax.image.to_uint8`) or uint8 -> JPEG bytes."""
     if img.dtype != np.uint8:
-        img = (np.clip(img, 0.0, 1.0) * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
+        img = to_uint8(img)
     buf = io.BytesIO()
     Image.fromarray(img, "RGB").save(buf, "JPEG", quality=quality)
     return buf.getvalue()

@@ -5,8 +5,6 @@ OpenCV is imported lazily: it is only needed for `--camera`, `--video` and `--re
 
 from __future__ import annotations
 
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from nst_jax.errors import NstError
+from nst_jax.files import move_into_place, temp_file_beside
 
 RECORD_CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 
@@ -136,8 +135,9 @@ class VideoSource:
 class Recorder:
     """Writes the stylized stream to a video file in real time (frames repeat while the model is busy).
 
-    Written to a temporary file beside the target and renamed into place by `close`, so an interrupted run
-    never leaves a half-written file under the requested name.
+    Written to a temporary file beside the target and moved into place by `close` (`nst_jax.files`: flushed,
+    the usual file permissions, an atomic rename), so an interrupted run never leaves a half-written file under
+    the requested name.
 
     Args:
       path: .mp4 (mp4v) or .avi/.mkv (MJPG).
@@ -160,14 +160,8 @@ class Recorder:
             raise NstError(f"--record: {self.path} exists (pass --overwrite to replace it)")
         if not self.path.parent.is_dir():
             raise NstError(f"--record: no such directory: {self.path.parent}")
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=self.path.suffix,
-                                   dir=self.path.parent)
-        os.close(fd)
-        self._tmp = Path(tmp)
-        # mkstemp makes the file private (0600); the finished video gets the usual permissions instead.
-        umask = os.umask(0)
-        os.umask(umask)
-        self._mode = 0o666 & ~umask
+        # OpenCV picks the container by the extension, so the temporary file keeps it.
+        self._tmp = temp_file_beside(self.path, suffix=self.path.suffix)
         fourcc = cv2.VideoWriter_fourcc(*codec)
         self._writer = cv2.VideoWriter(str(self._tmp), fourcc, float(fps), (size, size))
         if not self._writer.isOpened():
@@ -211,6 +205,4 @@ class Recorder:
             if self.frames == 0:
                 self._tmp.unlink(missing_ok=True)
                 return None
-            os.chmod(self._tmp, self._mode)
-            os.replace(self._tmp, self.path)
-            return self.path
+            return move_into_place(self._tmp, self.path)

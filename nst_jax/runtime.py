@@ -1,0 +1,49 @@
+"""Process-wide switches: the offline flag and the glibc allocator settings the front doors apply.
+
+Nothing here imports JAX, so weight lookups and `--help` stay fast.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+OFFLINE_ENV = "NST_JAX_OFFLINE"
+# Values of NST_JAX_OFFLINE that mean "offline" (case and surrounding spaces ignored).
+_TRUE = ("1", "true", "yes", "on")
+
+
+def offline() -> bool:
+    """Whether `NST_JAX_OFFLINE` forbids network access: 1, true, yes or on (any case) mean offline.
+
+    Weight downloads (`nst_jax.weights.fetch`) and tfds dataset downloads (`nst_jax.data.open_source`) both ask
+    here, so one setting means the same for both.
+    """
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in _TRUE
+
+
+def tune_allocator() -> bool:
+    """Make glibc keep freed large buffers for reuse instead of returning them to the OS after every pass.
+
+    XLA's CPU runtime allocates each program's scratch memory on its worker threads. glibc serves those from
+    per-thread arenas that cannot hold more than 64 MiB, so it falls back to a fresh `mmap` even with
+    `MALLOC_MMAP_MAX_=0`, and the kernel page-faults and zeroes the memory again on every pass (measured in
+    docs/stylize.md, Performance). One arena, no mmap and no trimming keep the memory in the process. Like starting
+    with `MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>`; call it before the first
+    computation. The cost: memory freed after a large image stays with the process until it exits. The
+    command lines call it; NST_JAX_MALLOC=default turns it off.
+
+    Returns:
+      whether the settings were applied (False on non-glibc systems or when turned off).
+    """
+    if os.environ.get("NST_JAX_MALLOC", "") == "default":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8
+    return all(mallopt(param, value) == 1 for param, value in
+               ((m_arena_max, 1), (m_mmap_max, 0), (m_trim_threshold, 2**31 - 1)))
