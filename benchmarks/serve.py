@@ -5,8 +5,8 @@ frame size; N clients connect over 127.0.0.1 and each behaves like the page: it 
 new JPEG as soon as a result comes back; the page uses W=1, or 2 when model calls are fast), so the server's
 latest-frame-wins slots and per-tick batching are what is measured. Reported per (W, client count): frames/s
 delivered in total and per client, latency (frame sent -> stylized frame received) p50/p95, the mean batch per
-model call and the model's time per call; and, for context, the model alone (`stylize_stats` at batch 1 and at
---max-batch).
+model call and the model's time per call; and, for context, the model alone (`stylize_conditions` at batch 1 and
+at --max-batch).
 
 The weights are random unless --vgg/--decoder are given: the network, and so the cost, is AdaIN's either way.
 
@@ -136,10 +136,11 @@ def main() -> None:
     reexec_with_allocator_env(args.allocator == "tuned")
     import numpy as np
 
-    from nst_jax.serve.app import LiveServer, ServerConfig, ServerThread
+    from nst_jax.serve.app import LiveServer, ServerConfig
+    from nst_jax.serve.batcher import stack_conditions
     from nst_jax.serve.cli import random_stylizer
     from nst_jax.serve.styles import StyleLibrary, builtin_patterns, fill_library
-    from nst_jax.serve.testing import jpeg
+    from nst_jax.serve.testing import ServerThread, jpeg
 
     print(machine_note())
     print(allocator_note())
@@ -152,7 +153,7 @@ def main() -> None:
         model = random_stylizer(0)
         weights = "random weights (AdaIN's network)"
     library = StyleLibrary()
-    fill_library(library, [(n, "builtin", img) for n, img in builtin_patterns(256)], model.style_stats)
+    fill_library(library, [(n, "builtin", img) for n, img in builtin_patterns(256)], model.condition)
     from nst_jax.serve.cli import default_max_batch
 
     args.max_batch = default_max_batch(args.max_batch)
@@ -164,17 +165,16 @@ def main() -> None:
           f"warm-up compile {time.perf_counter() - t0:.1f} s")
 
     # The model alone, for context: what the server could deliver if frames cost nothing else.
-    st = library.get(library.first_id()).stats
+    condition = library.get(library.first_id()).condition
     model_only = {}
     for b in sorted({1, args.max_batch}):
         x = np.random.default_rng(0).random((b, args.size, args.size, 3), dtype=np.float32)
-        mean = np.repeat(np.asarray(st.mean), b, 0)
-        std = np.repeat(np.asarray(st.std), b, 0)
+        batch = stack_conditions([condition], b)
         alpha = np.ones((b,), np.float32)
         times = []
         for _ in range(6):
             t = time.perf_counter()
-            np.asarray(model.stylize_stats(x, mean, std, alpha))
+            np.asarray(model.stylize_conditions(x, batch, alpha))
             times.append(time.perf_counter() - t)
         med = statistics.median(times[1:])
         model_only[b] = {"ms_per_call": 1000 * med, "frames_per_s": b / med}

@@ -22,14 +22,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from nst_jax import models
 from nst_jax.errors import ImageError, NstError
+from nst_jax.models import Caps
 from nst_jax.serve import codec, protocol
-from nst_jax.serve.app import LiveServer, ServerConfig, ServerThread, Settings, parse_settings, postprocess
-from nst_jax.serve.batcher import Batcher, Job, bucket_sizes
+from nst_jax.serve.app import LiveServer, ServerConfig
+from nst_jax.serve.batcher import Batcher, Job, bucket_sizes, stack_conditions
 from nst_jax.serve.cli import main as serve_main
 from nst_jax.serve.cli import random_stylizer
-from nst_jax.serve.styles import StyleLibrary, builtin_patterns, fill_library
-from nst_jax.serve.testing import StalledClient, jpeg
+from nst_jax.serve.settings import Settings, parse_settings, postprocess
+from nst_jax.serve.styles import StyleLibrary, builtin_patterns, fill_library, fill_table
+from nst_jax.checks import normalise_weights
+from nst_jax.serve.testing import ServerThread, StalledClient, jpeg
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32
@@ -145,15 +149,15 @@ def test_recorder_keeps_real_time_and_renames_into_place(tmp_path):
 
 
 class SpyModel:
-    """Records the shape of every stylize_stats call, then runs the real model."""
+    """Records the shape of every stylize_conditions call, then runs the real model."""
 
     def __init__(self, model):
         self.model = model
         self.calls: list[tuple[int, ...]] = []
 
-    def stylize_stats(self, content, mean, std, alpha):
+    def stylize_conditions(self, content, condition, alpha):
         self.calls.append(tuple(np.shape(content)))
-        return self.model.stylize_stats(content, mean, std, alpha)
+        return self.model.stylize_conditions(content, condition, alpha)
 
 
 def test_bucket_sizes():
@@ -167,18 +171,16 @@ def test_bucket_sizes():
 def test_batcher_makes_one_padded_call_per_tick_with_per_frame_style_and_alpha(model, library):
     spy = SpyModel(model)
     batcher = Batcher(spy, [SIZE], max_batch=4)
-    styles = [library.get(sid["id"]).stats for sid in library.describe()]
+    styles = [library.get(sid["id"]).condition for sid in library.describe()]
     frames = [frame(i) for i in range(4)]
     jobs_args = [(frames[0], styles[0], 1.0), (frames[1], styles[1], 0.5), (frames[2], styles[2], 0.0)]
     got: dict[int, np.ndarray] = {}
 
     async def main():
         for key, (f, st, a) in enumerate(jobs_args):
-            batcher.submit(key, Job(f, st.mean, st.std, a,
-                                    deliver=lambda out, k=key: got.__setitem__(k, out)))
+            batcher.submit(key, Job(f, st, a, deliver=lambda out, k=key: got.__setitem__(k, out)))
         # Latest frame wins: key 0's first frame is replaced before the tick runs.
-        replaced = batcher.submit(0, Job(frames[3], styles[0].mean, styles[0].std, 1.0,
-                                         deliver=lambda out: got.__setitem__(0, out)))
+        replaced = batcher.submit(0, Job(frames[3], styles[0], 1.0, deliver=lambda out: got.__setitem__(0, out)))
         assert replaced
         task = asyncio.ensure_future(batcher.run())
         for _ in range(2000):
@@ -195,8 +197,7 @@ def test_batcher_makes_one_padded_call_per_tick_with_per_frame_style_and_alpha(m
     for key, (f, st, a) in enumerate(jobs_args):
         if key == 0:
             f = frames[3]
-        alone = np.asarray(model.stylize_stats(f[None], np.asarray(st.mean), np.asarray(st.std),
-                                               np.array([a], np.float32)))[0]
+        alone = np.asarray(model.stylize_conditions(f[None], st, np.array([a], np.float32)))[0]
         np.testing.assert_allclose(got[key], alone, atol=2e-5)
     assert np.abs(got[1] - got[2]).mean() > 1e-3  # different style and alpha -> different frames
 
@@ -213,12 +214,11 @@ def test_nothing_compiles_after_warm_up(model, library):
     try:
         batcher = Batcher(model, [SIZE, 2 * SIZE], max_batch=4)
         batcher.warm()
-        st = library.get(library.first_id()).stats
+        st = library.get(library.first_id()).condition
         listening[0] = True
         for size in (SIZE, 2 * SIZE):
             for n in (1, 2, 3, 4):
-                out = batcher._call([Job(frame(i, size), st.mean, st.std, 0.3 * i, lambda o: None)
-                                     for i in range(n)])
+                out = batcher._call([Job(frame(i, size), st, 0.3 * i, lambda o: None) for i in range(n)])
                 assert out.shape == (n, size, size, 3)
                 for preserve in protocol.PRESERVE_COLOR:
                     assert postprocess(out[0], frame(0, size), preserve).dtype == np.uint8
@@ -242,6 +242,49 @@ def test_parse_settings_validates_and_keeps_unsent_fields(library):
                 {"size": 33}, {"preserve_color": "sepia"}, {"side_by_side": 1}, {"version": -1}):
         with pytest.raises(protocol.ProtocolError):
             parse_settings(bad, cur, library, [SIZE])
+
+
+def test_live_histogram_is_named_for_the_output_and_the_old_name_still_works(library):
+    ids = [s["id"] for s in library.describe()]
+    cur = Settings(1, ((ids[0], 1.0),), 1.0, "none", SIZE, False)
+    assert "histogram_output" in protocol.PRESERVE_COLOR and "histogram" not in protocol.PRESERVE_COLOR
+    old = parse_settings({"preserve_color": "histogram"}, cur, library, [SIZE])
+    assert old.preserve_color == "histogram_output" and old.describe()["preserve_color"] == "histogram_output"
+    out, content = frame(1), frame(2)
+    recoloured = postprocess(out, content, "histogram_output")
+    np.testing.assert_array_equal(postprocess(out, content, "histogram"), recoloured)
+    assert np.abs(recoloured.astype(np.float32) - postprocess(out, content, "none")).mean() > 1.0
+    with pytest.raises(protocol.ProtocolError, match="histogram_output"):
+        parse_settings({"preserve_color": ["histogram"]}, cur, library, [SIZE])
+
+
+def test_postprocess_rounds_as_the_image_module():
+    from nst_jax import image
+
+    # Exact halves (k + 0.5) / 255 are where rounding conventions differ; out-of-range values are clipped.
+    halves = (np.arange(SIZE * SIZE * 3 // 2, dtype=np.float32) % 256 + np.float32(0.5)) / np.float32(255.0)
+    spread = np.linspace(-0.1, 1.1, SIZE * SIZE * 3 // 2, dtype=np.float32)
+    out = np.concatenate([halves, spread]).reshape(SIZE, SIZE, 3)
+    np.testing.assert_array_equal(postprocess(out, frame(0), "none"), image.to_uint8(out))
+
+
+def test_one_loopback_check_for_the_flag_and_the_host_header():
+    from nst_jax.serve import security
+
+    for host in ("localhost", "LocalHost", "127.0.0.1", "127.3.4.5", "::1", "[::1]"):
+        assert security.is_loopback(host), host
+    for host in ("0.0.0.0", "192.168.1.2", "::", "attacker.example", "localhost.attacker.example", ""):
+        assert not security.is_loopback(host), host
+    assert security.host_allowed("127.0.0.1:8000", True) and security.host_allowed("[::1]:8000", True)
+    assert security.host_allowed("localhost", True)
+    assert not security.host_allowed("attacker.example:8000", True) and not security.host_allowed(None, True)
+    assert security.host_allowed("attacker.example:8000", False)
+
+
+def test_importing_the_server_modules_does_not_load_the_command_line():
+    code = ("import sys, nst_jax.serve.batcher, nst_jax.serve.app; "
+            "assert 'nst_jax.serve.cli' not in sys.modules, 'cli loaded'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -549,6 +592,111 @@ def test_tls_and_client_limit(model, library, tmp_path):
                 with pytest.raises(aiohttp.WSServerHandshakeError) as e:  # max_clients=1
                     await s.ws_connect(url, ssl=False)
                 assert e.value.status == 503
+                await ws.close()
+
+        asyncio.run(main())
+
+
+class TableModel:
+    """A CIN-like model for the tests: AdaIN with a fixed table of three styles' statistics, a style being a row
+    of weights over the table (its condition {"weights": (N, S)}, as CIN's)."""
+
+    caps = Caps(style_images=False, style_table=True, alpha=True, masks=False, color_modes=("luminance",))
+    style_names = ("stripes", "tiles", "rings")
+    num_styles = 3
+
+    def __init__(self, stylizer):
+        self.stylizer = stylizer
+        stats = [stylizer.style_stats(img) for _, img in builtin_patterns(SIZE)[:3]]
+        self.mean = np.concatenate([np.asarray(s.mean).reshape(1, -1) for s in stats])
+        self.std = np.concatenate([np.asarray(s.std).reshape(1, -1) for s in stats])
+
+    def condition(self, style):
+        return {"weights": np.eye(3, dtype=np.float32)[[style]]}
+
+    def blend(self, conditions, weights):
+        stacked = jax.tree.map(lambda *xs: np.stack(xs), *conditions)
+        return models.blend_conditions(stacked, normalise_weights(weights, len(conditions)))
+
+    def stylize_conditions(self, content, condition, alpha):
+        w = np.asarray(condition["weights"], np.float32)
+        shape = (w.shape[0], 1, 1, -1)
+        return self.stylizer.stylize_stats(content, (w @ self.mean).reshape(shape), (w @ self.std).reshape(shape),
+                                           alpha)
+
+
+def test_stack_conditions_pads_any_pytree_and_the_batcher_keeps_each_frames_condition():
+    conds = [{"vector": np.full((1, 100), i, np.float32), "inner": {"gain": np.full((1, 2, 3), 10 * i, np.int32)}}
+             for i in (1, 2, 3)]
+    stacked = stack_conditions(conds, 4)
+    assert stacked["vector"].shape == (4, 100) and stacked["inner"]["gain"].shape == (4, 2, 3)
+    assert stacked["inner"]["gain"].dtype == np.int32
+    assert stacked["vector"][:, 0].tolist() == [1, 2, 3, 1]  # padded with the first
+    with pytest.raises(ValueError):
+        stack_conditions([conds[0], {"vector": conds[1]["vector"]}], 2)  # another structure
+    with pytest.raises(ValueError, match="must all be"):
+        stack_conditions([{"vector": np.zeros((100,), np.float32)}], 2)  # no leading style axis
+
+    class VectorModel:  # an "arbitrary"-like model: the output is the content times its vector's mean
+        caps = Caps(style_images=True)
+        calls = []
+
+        def stylize_conditions(self, content, condition, alpha):
+            self.calls.append(jax.tree.map(np.shape, condition))
+            return content * condition["vector"].mean(axis=1)[:, None, None, None]
+
+    vm = VectorModel()
+    batcher = Batcher(vm, [8], max_batch=4)
+    content = np.full((8, 8, 3), 0.1, np.float32)
+    out = batcher._call([Job(content, c, 1.0, lambda o: None) for c in conds])
+    np.testing.assert_allclose(out[:, 0, 0, 0], [0.1, 0.2, 0.3], rtol=1e-6)
+    assert vm.calls == [{"vector": (4, 100), "inner": {"gain": (4, 2, 3)}}]
+
+
+def test_a_table_model_serves_its_own_styles_and_takes_no_uploads(model, server):
+    table = TableModel(model)
+    library = StyleLibrary()
+    fill_table(library, table, SIZE)
+    srv = LiveServer(table, library, ServerConfig(sizes=(SIZE,), size=SIZE, style_size=SIZE, max_batch=1))
+    srv.batcher.warm()
+    content = frame(11)
+    decoded = codec.decode_frame(jpeg(content), SIZE)
+
+    def expected(weights):  # what the server should send: the model's frame, JPEG-encoded as the server does
+        cond = {"weights": np.asarray([weights], np.float32)}
+        out = np.asarray(table.stylize_conditions(decoded[None], cond, np.ones((1,), np.float32)))[0]
+        sent = codec.encode_jpeg(postprocess(out, decoded, "none"), srv.config.jpeg_quality)
+        return np.asarray(Image.open(io.BytesIO(sent)).convert("RGB"), np.float32) / 255
+
+    with ServerThread(srv, port=0) as st:
+        async def main():
+            async with aiohttp.ClientSession() as s:
+                adain = await s.ws_connect(ws_url(server))
+                caps = (await recv_json(adain, "hello"))["caps"]
+                assert caps["style_images"] and not caps["style_table"]
+                await adain.close()
+
+                ws = await s.ws_connect(ws_url(st))
+                hello = await recv_json(ws, "hello")
+                assert hello["caps"]["style_table"] and not hello["caps"]["style_images"]
+                assert [(x["name"], x["origin"]) for x in hello["styles"]] == [
+                    ("stripes", "table"), ("tiles", "table"), ("rings", "table")]
+                ids = [x["id"] for x in hello["styles"]]
+                async with s.get(st.url + f"styles/{ids[2]}.jpg") as r:
+                    assert r.status == 200 and (await r.read())[:2] == b"\xff\xd8"
+                await ws.send_bytes(protocol.pack_upload(1, "mine.png", jpeg(frame(12))))
+                assert "its own table" in (await recv_json(ws, "error"))["message"]
+
+                await ws.send_bytes(protocol.pack_frame(1, jpeg(content)))
+                _, _, first = await recv_result(ws)
+                await ws.send_str(json.dumps({"type": "settings", "version": 2, "styles": [[ids[0], 1], [ids[1], 3]]}))
+                await ws.send_bytes(protocol.pack_frame(2, jpeg(content)))
+                seq, version, mixed = await recv_result(ws)
+                assert (seq, version) == (2, 2)
+                first, mixed = first.astype(np.float32) / 255, mixed.astype(np.float32) / 255
+                assert np.abs(first - expected([1, 0, 0])).mean() < 1 / 255
+                assert np.abs(mixed - expected([0.25, 0.75, 0])).mean() < 1 / 255
+                assert np.abs(mixed - first).mean() > 0.05
                 await ws.close()
 
         asyncio.run(main())

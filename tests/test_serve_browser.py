@@ -25,10 +25,10 @@ from PIL import Image
 from playwright import sync_api
 
 from nst_jax.serve import protocol
-from nst_jax.serve.app import LiveServer, ServerConfig, ServerThread
+from nst_jax.serve.app import LiveServer, ServerConfig
 from nst_jax.serve.cli import random_stylizer
 from nst_jax.serve.styles import StyleLibrary, fill_library, load_gallery
-from nst_jax.serve.testing import jpeg, write_y4m
+from nst_jax.serve.testing import ServerThread, jpeg, write_y4m
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [

@@ -1,16 +1,17 @@
 """Live style transfer in the browser: an aiohttp server, one static page, frames batched across clients.
 
-Modules:
+Modules (the package imports none of them: `python serve.py` runs `nst_jax.serve.cli.main`):
   cli       `python serve.py` flags -> model, gallery, warm-up, serving until Ctrl-C
-  app       LiveServer (HTTP routes, WebSocket clients, server-side stream), ServerThread
+  app       ServerConfig, LiveServer (HTTP routes, WebSocket dispatch, uploads, stats, lifecycle)
+  settings  a page's settings: validation and colour finishing
+  security  response headers, Host and Origin checks, the loopback test
+  client    one WebSocket's one-deep outbox and sender
+  show      the shared stream of a server-side camera
   batcher   latest-frame-wins slots and one padded, pre-compiled model call per tick
-  styles    gallery, uploads and their cached statistics
+  styles    gallery, uploads and their cached style conditions
   codec     bounded JPEG/PNG decoding and JPEG encoding
   protocol  the binary/JSON WebSocket messages
   sources   OpenCV camera/video source and the recorder
+  testing   ServerThread (a server on a background thread), a fake camera, minimal clients
   static/   index.html, app.js, style.css
 """
-
-from nst_jax.serve.cli import main
-
-__all__ = ["main"]

@@ -3,8 +3,12 @@
 Each client (or the server-side camera) owns one slot: a new frame replaces the one still waiting (latest
 frame wins), so nothing queues up behind a slow model or a slow client. A tick takes every waiting frame whose
 client can take a result, groups them by frame size, pads each group to a fixed bucket (1, 2, 4, 8, ...) and
-makes one jitted call with per-image style statistics and alpha. Frame sizes and buckets are fixed and all
+makes one jitted call with per-image style conditions and alpha. Frame sizes and buckets are fixed and all
 warmed at start, so no frame ever waits on a compilation.
+
+A condition is what a style becomes for the model (see `nst_jax.models`): a pytree of arrays with a leading
+axis of one per style, e.g. AdaIN's {"mean", "std"} of relu4_1, CIN's {"weights"} over its table, an arbitrary
+network's {"vector"}. The batcher only stacks and pads them, leaf by leaf, so it serves every family alike.
 """
 
 from __future__ import annotations
@@ -18,15 +22,69 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Protocol
 
+import jax
 import numpy as np
+
+from nst_jax.models import Caps
 
 log = logging.getLogger("nst_jax.serve")
 
+Condition = Any  # a pytree of arrays, each with a leading axis of one entry per style
 
-class StatsModel(Protocol):
-    """What the batcher needs from `nst_jax.stylize.Stylizer`."""
 
-    def stylize_stats(self, content: Any, mean: Any, std: Any, alpha: Any) -> Any: ...
+class ConditionModel(Protocol):
+    """What the live server needs from a model (`nst_jax.stylize.Stylizer` for every family).
+
+    Attributes:
+      caps: what the model can do: style images (uploads) or a fixed table of styles, alpha, colour modes.
+      num_styles: the size of the table (table models; `styles.fill_table` also reads `style_names` if the
+        model has them).
+    """
+
+    caps: Caps
+    num_styles: int | None
+
+    def condition(self, style: Any) -> Condition:
+        """One style (an image (1, H, W, 3), or for a table model its index) -> its condition."""
+        ...
+
+    def blend(self, conditions: Sequence[Condition], weights: Sequence[float]) -> Condition:
+        """A convex mix of one-style conditions (weights normalised to sum to 1)."""
+        ...
+
+    def stylize_conditions(self, content: Any, condition: Condition, alpha: Any) -> Any:
+        """content (N, H, W, 3), condition with leading axis N, alpha (N,) -> (N, H, W, 3) in [0, 1]."""
+        ...
+
+
+def stack_conditions(conditions: Sequence[Condition], size: int) -> Condition:
+    """Concatenate one-style conditions on their leading axis and pad to `size` by repeating the first.
+
+    Args:
+      conditions: n >= 1 pytrees of the same structure, every leaf with a leading axis of 1.
+      size: the batch to pad to (>= n).
+
+    Returns:
+      The same structure with NumPy leaves of leading axis `size`.
+
+    Raises:
+      ValueError: the structures differ, or a leaf is not (1, ...) with the first condition's shape.
+    """
+    n = len(conditions)
+
+    def stack(*leaves: Any) -> np.ndarray:
+        first = np.asarray(leaves[0])
+        out = np.empty((size,) + first.shape[1:], first.dtype)
+        for i, leaf in enumerate(leaves):
+            leaf = np.asarray(leaf)
+            if leaf.shape[:1] != (1,) or leaf.shape != first.shape:
+                raise ValueError(f"condition leaves must all be (1, ...) like the first, {first.shape}; got "
+                                 f"{leaf.shape}")
+            out[i] = leaf[0]
+        out[n:] = out[0]
+        return out
+
+    return jax.tree.map(stack, *conditions)
 
 
 def bucket_sizes(max_batch: int) -> tuple[int, ...]:
@@ -47,7 +105,8 @@ class Job:
 
     Attributes:
       content: (H, W, 3) float32 in [0, 1]; H and W must be one of the batcher's warmed sizes.
-      mean, std: style statistics, any shape that reshapes to (C,) (e.g. StyleStats' (1, 1, 1, C)).
+      condition: the style's condition, every leaf with a leading axis of 1 (what the model's `condition`
+        returns, or a blend of such).
       alpha: style strength in [0, 1].
       deliver: called on the event loop with the stylized (H, W, 3) float32 frame.
       fail: called on the event loop with a message if the model call failed.
@@ -56,8 +115,7 @@ class Job:
     """
 
     content: np.ndarray
-    mean: np.ndarray
-    std: np.ndarray
+    condition: Condition
     alpha: float
     deliver: Callable[[np.ndarray], None]
     fail: Callable[[str], None] = lambda message: None
@@ -81,18 +139,21 @@ class Batcher:
     """Latest-frame-wins slots per client, drained into one padded model call per tick.
 
     Args:
-      model: has `stylize_stats(content (N,H,W,3), mean (N,1,1,C), std (N,1,1,C), alpha (N,))`.
+      model: has `stylize_conditions(content (N, H, W, 3), condition (leading axis N), alpha (N,))`.
       sizes: the square frame sizes that will be submitted (each warmed by `warm`).
       max_batch: the most frames in one call; larger groups are split.
-      channels: C of the style statistics (512 for relu4_1).
+      example: a one-style condition to compile with (values do not matter, shapes do), or a function
+        returning one when `warm` runs; by default the table's first style, or a grey style image the size of
+        the smallest frame.
     """
 
-    def __init__(self, model: StatsModel, sizes: Sequence[int], max_batch: int = 4, channels: int = 512):
+    def __init__(self, model: ConditionModel, sizes: Sequence[int], max_batch: int = 4,
+                 example: Condition | Callable[[], Condition] | None = None):
         self.model = model
         self.sizes = tuple(sorted(set(int(s) for s in sizes)))
         self.max_batch = int(max_batch)
         self.buckets = bucket_sizes(self.max_batch)
-        self.channels = channels
+        self.example = example
         self.stats = BatcherStats()
         # One thread owns every model call: calls never overlap, and JAX releases the GIL while it computes.
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nst-model")
@@ -109,34 +170,46 @@ class Batcher:
                 return b
         raise ValueError(f"{n} frames exceed max_batch={self.max_batch}")
 
-    def warm(self, progress: Callable[[int, int], None] | None = None) -> None:
-        """Compile every (bucket, size) shape now, in the calling thread, so no frame waits for XLA."""
+    def warm(self, progress: Callable[[int, int], None] | None = None, example: Condition | None = None) -> None:
+        """Compile every (bucket, size) shape now, in the calling thread, so no frame waits for XLA.
+
+        Args:
+          progress: called with (shapes done, shapes) after each.
+          example: a one-style condition (default: see the class's `example`).
+        """
+        if example is None:
+            example = self._example()
         shapes = [(b, s) for s in self.sizes for b in self.buckets]
         for i, (b, s) in enumerate(shapes):
             content = np.full((b, s, s, 3), 0.5, np.float32)
-            mean = np.zeros((b, 1, 1, self.channels), np.float32)
-            std = np.ones((b, 1, 1, self.channels), np.float32)
             alpha = np.ones((b,), np.float32)
-            np.asarray(self.model.stylize_stats(content, mean, std, alpha))
+            np.asarray(self.model.stylize_conditions(content, stack_conditions([example], b), alpha))
             if progress is not None:
                 progress(i + 1, len(shapes))
+
+    def _example(self) -> Condition:
+        example = self.example() if callable(self.example) else self.example
+        if example is not None:
+            return example
+        caps = self.model.caps
+        if caps.style_table and not caps.style_images:
+            return self.model.condition(0)
+        side = self.sizes[0]
+        return self.model.condition(np.full((1, side, side, 3), 0.5, np.float32))
 
     def _call(self, jobs: Sequence[Job]) -> np.ndarray:
         n = len(jobs)
         b = self.bucket(n)
         h, w, _ = jobs[0].content.shape
         content = np.empty((b, h, w, 3), np.float32)
-        mean = np.empty((b, 1, 1, self.channels), np.float32)
-        std = np.empty((b, 1, 1, self.channels), np.float32)
         alpha = np.empty((b,), np.float32)
         for i, j in enumerate(jobs):
             content[i] = j.content
-            mean[i] = np.reshape(j.mean, (1, 1, self.channels))
-            std[i] = np.reshape(j.std, (1, 1, self.channels))
             alpha[i] = j.alpha
         # Padding repeats the first frame: the model normalises per image, so pads cannot change real outputs.
-        content[n:], mean[n:], std[n:], alpha[n:] = content[0], mean[0], std[0], alpha[0]
-        out = np.asarray(self.model.stylize_stats(content, mean, std, alpha))
+        content[n:], alpha[n:] = content[0], alpha[0]
+        condition = stack_conditions([j.condition for j in jobs], b)
+        out = np.asarray(self.model.stylize_conditions(content, condition, alpha))
         return out[:n]
 
     # --- event loop -----------------------------------------------------------------------------------------
@@ -179,7 +252,7 @@ class Batcher:
         return taken
 
     async def run_model(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run `fn(*args)` on the model thread (style statistics, blends) between batches."""
+        """Run `fn(*args)` on the model thread (style conditions, blends) between batches."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     async def run(self) -> None:

@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--max-clients", type=int, default=32, help="concurrent pages (default 32)")
 
     model = p.add_argument_group("model (as `nst-jax stylize`)")
+    model.add_argument("--model", help="the network: adain (default), multistyle26 (the gallery is its 26 "
+                                       "styles), magenta-arbitrary, a CIN .onnx, a fast_neural_style .pth or "
+                                       "a training folder")
     model.add_argument("--vgg", help="VGG19 weights: a file (.pth, .h5, .npz) or a registry name "
                                      "(default: adain)")
     model.add_argument("--decoder", help="AdaIN decoder: decoder.pth, a converted .npz or a registry name "
@@ -118,8 +121,8 @@ def validate(args: argparse.Namespace) -> None:
         raise NstError(f"--max-batch: {args.max_batch} must be between 1 and 64")
     if args.max_clients < 1:
         raise NstError("--max-clients must be at least 1")
-    if args.random_weights and (args.vgg or args.decoder or args.checkpoint):
-        raise NstError("--random-weights cannot be combined with --vgg, --decoder or --checkpoint")
+    if args.random_weights and (args.vgg or args.decoder or args.checkpoint or args.model):
+        raise NstError("--random-weights cannot be combined with --model, --vgg, --decoder or --checkpoint")
     if args.checkpoint and args.decoder:
         raise NstError("give --decoder or --checkpoint, not both")
     for flag in ("vgg", "decoder"):
@@ -155,60 +158,10 @@ def validate(args: argparse.Namespace) -> None:
 
 
 def random_stylizer(seed: int = 0, dtype=None):
-    """A Stylizer with random weights, for demos and tests (the images are abstract, not art).
+    """A Stylizer with random, calibrated weights (`nst_jax.testing.random_adain`), for demos and tests."""
+    from nst_jax.testing import random_adain
 
-    Untrained, the decoder's output is a near-black smudge once clipped to [0, 1]. Its kernels are rescaled to
-    He initialisation, and its last layer is calibrated on a probe image so the output is centred on mid-grey
-    with a visible spread: frames then look like coloured textures that follow the camera and the style.
-    """
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from nst_jax import vgg as vgg_lib
-    from nst_jax.models import decoder
-    from nst_jax.stylize import Stylizer
-
-    # NumPy's generator rather than jax.random: the distributions of `vgg.init_params` (He normal) and
-    # `decoder.init_params` (PyTorch's uniform), drawn in milliseconds instead of seconds of compiling.
-    rng = np.random.default_rng(seed)
-    spec = vgg_lib.SPECS["adain"]
-    vgg = {}
-    for name, shapes in vgg_lib.expected_shapes(spec, "relu4_1").items():
-        kh, kw, cin, _ = shapes["kernel"]
-        std = np.sqrt(2.0 / (kh * kw * cin))
-        vgg[name] = {"kernel": rng.normal(0.0, std, shapes["kernel"]).astype(np.float32),
-                     "bias": np.zeros(shapes["bias"], np.float32)}
-    dec = {}
-    for name, shapes in decoder.expected_shapes().items():
-        kh, kw, cin, _ = shapes["kernel"]
-        bound = 1.0 / np.sqrt(kh * kw * cin)
-        # x sqrt(6): U(+-1/sqrt(fan_in)) has variance 1/(3 fan_in); He initialisation wants 2/fan_in.
-        kernel = rng.uniform(-bound, bound, shapes["kernel"]) * np.sqrt(6.0)
-        dec[name] = {"kernel": kernel.astype(np.float32),
-                     "bias": rng.uniform(-bound, bound, shapes["bias"]).astype(np.float32)}
-    # Calibrate on many (content, style) pairs, dark and bright, so no camera or style saturates the output.
-    from nst_jax import ops
-    from nst_jax.serve.styles import builtin_patterns
-
-    y, x = np.mgrid[0:32, 0:32].astype(np.float32) / np.float32(32.0)
-    probe = np.stack([x, y, 0.5 + 0.5 * np.sin(np.float32(12.0) * (x + y))], -1)[None]
-    imgs = np.concatenate([probe] + [img for _, img in builtin_patterns(32)])
-    imgs = np.concatenate([imgs, imgs * np.float32(0.3), imgs * np.float32(0.3) + np.float32(0.7)])
-
-    def calibration_outputs(v, d, im):
-        f = vgg_lib.encode(v, im, spec)["relu4_1"]
-        mean, std = ops.mean_std(f)
-        c = f[::4]  # a few contents against every style
-        t = ops.adain_with_stats(c[:, None], mean[None], std[None]).reshape((-1,) + f.shape[1:])
-        return decoder.decode(d, jnp.concatenate([f, t]))
-
-    out = np.asarray(jax.jit(calibration_outputs)(vgg, dec, jnp.asarray(imgs)))
-    m, sd = out.mean(axis=(0, 1, 2)), out.std(axis=(0, 1, 2)) + np.float32(1e-6)
-    g = np.float32(0.2) / sd
-    last = decoder.DECODER_CONVS[-1][0]
-    dec[last] = {"kernel": dec[last]["kernel"] * g, "bias": (dec[last]["bias"] - m) * g + np.float32(0.5)}
-    return Stylizer(vgg, spec, dec, dtype=dtype or jnp.float32)
+    return random_adain(seed, dtype=dtype)
 
 
 def default_max_batch(requested: int | None) -> int:
@@ -231,7 +184,8 @@ def load_model(args: argparse.Namespace):
         return random_stylizer(0, dtype)
     from nst_jax.stylize import Stylizer
 
-    return Stylizer.load(vgg=args.vgg, decoder=args.decoder, checkpoint=args.checkpoint, dtype=dtype)
+    return Stylizer.load(vgg=args.vgg, decoder=args.decoder, checkpoint=args.checkpoint, model=args.model,
+                         dtype=dtype)
 
 
 def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
@@ -245,17 +199,6 @@ def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     return ctx
 
 
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def run(args: argparse.Namespace) -> int:
     """Build everything, serve until SIGINT/SIGTERM, shut down cleanly; returns the exit code."""
     validate(args)
@@ -266,11 +209,12 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from nst_jax.runtime import tune_allocator
     from nst_jax.serve import codec
     from nst_jax.serve.app import LiveServer, ServerConfig
+    from nst_jax.serve.security import is_loopback
     from nst_jax.serve.sources import Recorder, VideoSource
-    from nst_jax.serve.styles import StyleLibrary, fill_library, load_gallery
-    from nst_jax.stylize import tune_allocator
+    from nst_jax.serve.styles import StyleLibrary, fill_library, fill_table, load_gallery
 
     # Before the first computation: keeps XLA's per-call scratch memory in the process (see tune_allocator).
     tune_allocator()
@@ -283,12 +227,18 @@ def run(args: argparse.Namespace) -> int:
         items = load_gallery(args.styles, args.style_size)
         model = load_model(args)
         library = StyleLibrary()
-        fill_library(library, items, model.style_stats,
-                     progress=lambda xs: tqdm(xs, desc="style statistics", unit="style", leave=False))
+        bar = lambda xs: tqdm(xs, desc="styles", unit="style", leave=False)
+        if model.caps.style_images:
+            fill_library(library, items, model.condition, progress=bar)
+        elif args.styles:
+            raise NstError(f"--styles: this model's {model.num_styles} styles are its own table; it takes no "
+                           "style images")
+        else:  # a table model (CIN): its own styles are the gallery
+            fill_table(library, model, min(sizes), progress=bar)
         config = ServerConfig(
             sizes=sizes, size=args.size, style_size=args.style_size,
             max_batch=default_max_batch(args.max_batch), limits=codec.Limits(),
-            loopback_only=_is_loopback(args.host), allowed_origins=tuple(args.allow_origin),
+            loopback_only=is_loopback(args.host), allowed_origins=tuple(args.allow_origin),
             max_clients=args.max_clients)
         if args.record:
             recorder = Recorder(args.record, args.size, fps=source.fps, overwrite=args.overwrite)

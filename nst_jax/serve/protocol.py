@@ -10,6 +10,7 @@ Binary messages start with a one-byte kind and a big-endian header:
     SOURCE  kind=3, seq u32, version u32, JPEG bytes            a server-side camera frame (side-by-side view)
 Text messages are JSON objects with a "type":
   client -> server: settings {version, styles: [[id, weight], ...], alpha, preserve_color, size, side_by_side}
+    (preserve_color: one of PRESERVE_COLOR, or an alias in PRESERVE_COLOR_ALIASES, answered with its canonical name)
   server -> client: hello, styles, settings (server-camera mode), uploaded, error
 """
 
@@ -22,7 +23,10 @@ UPLOAD = 2
 RESULT = 1
 SOURCE = 3
 
-PRESERVE_COLOR = ("none", "luminance", "histogram")
+# Live colour modes, applied to the stylized frame. "histogram_output" recolours the OUTPUT to the camera frame;
+# "histogram" elsewhere in nst-jax recolours the style image, so live it is only an alias kept for old clients.
+PRESERVE_COLOR = ("none", "luminance", "histogram_output")
+PRESERVE_COLOR_ALIASES = {"histogram": "histogram_output"}
 MAX_BLEND = 8
 
 _U32 = struct.Struct(">I")

@@ -1,22 +1,24 @@
-"""The style gallery: images from `--styles DIR`, built-in patterns, uploads; their statistics computed once.
+"""The style gallery: images from `--styles DIR`, built-in patterns, uploads, or a model's own table of styles;
+each style's condition (what the model's `condition` makes of it) computed once.
 
-Every style image is centre-cropped to a fixed square (`style_size`) before its statistics are computed, so
-the encoder compiles once for styles too, and an upload never stalls the frames behind a compilation.
+Every style image is centre-cropped to a fixed square (`style_size`) before its condition is computed, so the
+encoder compiles once for styles too, and an upload never stalls the frames behind a compilation.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 from PIL import Image
 
+from nst_jax.files import array_digest
 from nst_jax.serve.codec import thumbnail_jpeg
 
 
@@ -27,8 +29,9 @@ class Style:
     Attributes:
       id: stable, never reused ("s0", "s1", ...).
       name: shown on the page (file stem or upload name).
-      origin: "gallery", "builtin" or "upload".
-      stats: what the model's `style_stats` returned (StyleStats: mean and std, (1, 1, 1, C)).
+      origin: "gallery", "builtin", "upload" or "table" (a style of the model's own table).
+      condition: what the model's `condition` returned (a pytree with a leading axis of 1, e.g. AdaIN's
+        {"mean", "std"}, (1, 1, 1, 512) each).
       thumb: a small JPEG for the page.
       digest: hash of the cropped style pixels (a second upload of the same image reuses this entry).
     """
@@ -36,7 +39,7 @@ class Style:
     id: str
     name: str
     origin: str
-    stats: Any
+    condition: Any
     thumb: bytes
     digest: str
 
@@ -45,9 +48,13 @@ class Style:
         return {"id": self.id, "name": self.name, "origin": self.origin, "thumb": f"/styles/{self.id}.jpg"}
 
 
-def image_digest(img: np.ndarray) -> str:
-    """Content hash of a float style image (after cropping), for de-duplicating uploads."""
-    return hashlib.sha256(np.ascontiguousarray(img, np.float32).tobytes()).hexdigest()
+def _to_host(condition: Any) -> Any:
+    # A NamedTuple (AdaIN's StyleStats from `Stylizer.style_stats`, the API before conditions) becomes the dict
+    # of its fields, which is its condition ({"mean", "std"}).
+    if isinstance(condition, tuple) and hasattr(condition, "_asdict"):
+        condition = condition._asdict()
+    # Conditions are tiny: NumPy copies are stacked per batch without a device round trip each time.
+    return jax.tree.map(np.asarray, condition)
 
 
 class StyleLibrary:
@@ -80,9 +87,10 @@ class StyleLibrary:
                 return s
         return None
 
-    def add(self, name: str, origin: str, stats: Any, thumb: bytes, digest: str) -> Style:
-        """Add a style; for uploads beyond `max_uploads`, the oldest upload is dropped."""
-        style = Style(f"s{next(self._ids)}", name, origin, stats, thumb, digest)
+    def add(self, name: str, origin: str, condition: Any, thumb: bytes, digest: str) -> Style:
+        """Add a style (its condition kept as NumPy); for uploads beyond `max_uploads`, the oldest upload is
+        dropped."""
+        style = Style(f"s{next(self._ids)}", name, origin, _to_host(condition), thumb, digest)
         self._styles[style.id] = style
         if origin == "upload":
             self._uploads.append(style.id)
@@ -158,11 +166,89 @@ def load_gallery(directory: str | Path | None, style_size: int) -> list[tuple[st
 
 
 def fill_library(library: StyleLibrary, items: Iterable[tuple[str, str, np.ndarray]],
-                 style_stats: Callable[[np.ndarray], Any],
+                 condition: Callable[[np.ndarray], Any],
                  progress: Callable[[Sequence], Iterable] = iter) -> None:
-    """Compute each item's statistics (with the model's `style_stats`) and add it to `library`."""
+    """Compute each item's condition (with the model's `condition`) and add it to `library`.
+
+    Args:
+      library: where the styles go (an image already there is skipped).
+      items: (name, origin, image (1, S, S, 3)) as `load_gallery` gives them.
+      condition: the model's `condition` (style image -> condition with a leading axis of 1).
+      progress: wraps the item list (e.g. a progress bar).
+    """
     for name, origin, img in progress(list(items)):
-        digest = image_digest(img)
+        digest = array_digest(img)
         if library.find(digest) is not None:
             continue
-        library.add(name, origin, style_stats(img), thumbnail_jpeg(to_pil(img)), digest)
+        library.add(name, origin, condition(img), thumbnail_jpeg(to_pil(img)), digest)
+
+
+def fill_table(library: StyleLibrary, model: Any, size: int,
+               progress: Callable[[Sequence], Iterable] = iter) -> None:
+    """Add every style of a table model (`caps.style_table`, e.g. CIN) to `library`.
+
+    Style i's condition is `model.condition(i)` (the one-hot row of the table); its thumbnail is a built-in
+    pattern stylized with it at `size` (a warmed frame size, so nothing extra compiles).
+
+    Args:
+      library: where the styles go.
+      model: has `num_styles`, `condition` and `stylize_conditions`; and `style_names` if its styles have
+        names (else they are called "style 1", "style 2", ...).
+      size: side of the thumbnails' source picture.
+      progress: wraps the list of styles (e.g. a progress bar).
+    """
+    n = int(model.num_styles)
+    names = [str(x) for x in getattr(model, "style_names", None) or [f"style {i + 1}" for i in range(n)]]
+    if len(names) != n:
+        raise ValueError(f"the model has {n} styles but {len(names)} style names")
+    probe = dict(builtin_patterns(size))["rings"]
+    one = np.ones((1,), np.float32)
+    for i, name in progress(list(enumerate(names))):
+        cond = model.condition(i)
+        picture = np.asarray(model.stylize_conditions(probe, cond, one), np.float32)
+        library.add(name, "table", cond, thumbnail_jpeg(to_pil(picture)), f"table:{i}")
+
+
+class BlendCache:
+    """Conditions of weighted blends of a library's styles, cached on the event loop by their normalised
+    weights (moving a slider back and forth computes nothing).
+
+    Args:
+      library: the styles the ids name.
+      blend: the model's convex mix, `blend(conditions, weights)` (weights normalised to sum to 1); every
+        family's stylization is affine in its condition, so this is the blend of the styles themselves.
+      run: runs a function on the model thread and awaits it (`Batcher.run_model`).
+      size: blends kept (least recently used dropped first).
+    """
+
+    def __init__(self, library: StyleLibrary, blend: Callable[[Sequence[Any], Sequence[float]], Any],
+                 run: Callable[..., Awaitable[Any]], size: int = 256):
+        self.library = library
+        self.blend = blend
+        self.run = run
+        self.size = size
+        self._cache: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+
+    def _blend_now(self, styles: tuple[tuple[str, float], ...]) -> Any:
+        conditions = [self.library.get(sid).condition for sid, _ in styles]
+        if len(conditions) == 1:
+            return conditions[0]
+        return _to_host(self.blend(conditions, [w for _, w in styles]))
+
+    async def get(self, styles: Sequence[tuple[str, float]]) -> Any:
+        """The condition of `styles` ((id, weight) pairs, some weight positive).
+
+        Raises:
+          KeyError: a style has been removed from the library.
+        """
+        total = sum(w for _, w in styles)
+        key = tuple((sid, round(w / total, 4)) for sid, w in styles if w > 0)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        value = await self.run(self._blend_now, key)
+        self._cache[key] = value
+        while len(self._cache) > self.size:
+            self._cache.popitem(last=False)
+        return value

@@ -1,5 +1,6 @@
-"""Helpers for the live server's tests and benchmark: a deterministic fake camera and minimal clients.
+"""Helpers for the live server's tests, benchmark and notebooks: a server thread, a fake camera, minimal clients.
 
+- `ServerThread`: a `LiveServer` on its own event loop in a background thread.
 - `write_y4m`: a YUV4MPEG2 file Chromium plays as its camera (`--use-file-for-fake-video-capture`).
 - `jpeg`: encode a test frame.
 - `StalledClient`: a WebSocket client on a raw socket with a tiny receive buffer that sends frames and never
@@ -8,15 +9,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import concurrent.futures
 import io
 import os
 import socket
 import struct
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from nst_jax.serve.app import LiveServer
 
 
 def write_y4m(path: str | Path, frames: list[np.ndarray], fps: int = 30) -> Path:
@@ -91,3 +100,73 @@ class StalledClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class ServerThread:
+    """Run a `LiveServer` on its own event loop in a background thread (tests, benchmarks, notebooks).
+
+    Example:
+      with ServerThread(server, port=0) as st:
+          print(st.url)
+    """
+
+    def __init__(self, server: LiveServer, host: str = "127.0.0.1", port: int = 0, ssl_context=None,
+                 timeout: float = 60.0):
+        self.server = server
+        self.host, self.port, self.ssl_context, self.timeout = host, port, ssl_context, timeout
+        self.url: str | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="nst-serve", daemon=True)
+
+    def _main(self) -> None:
+        async def main() -> None:
+            self.loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+
+            def ready(url: str) -> None:
+                self.url = url
+                self._ready.set()
+
+            await self.server.serve(self.host, self.port, ssl_context=self.ssl_context, ready=ready,
+                                    stop=self._stop)
+
+        try:
+            asyncio.run(main())
+        except BaseException as e:  # surfaced by start()
+            self._error = e
+            self._ready.set()
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn()` on the server's loop and return its result (to read counters safely)."""
+        fut = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                fut.set_result(fn())
+            except BaseException as e:
+                fut.set_exception(e)
+
+        self.loop.call_soon_threadsafe(run)
+        return fut.result(timeout=self.timeout)
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+        if not self._ready.wait(self.timeout):
+            raise TimeoutError("the server did not start in time")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self) -> None:
+        if self.loop is not None and self._stop is not None and self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(self.timeout)
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -10,7 +10,7 @@ const $ = (id) => document.getElementById(id);
 
 // Everything the page knows, exposed for debugging and for the browser test.
 const nst = window.nst = {
-  connected: false, source: "browser", styles: [], sizes: [], limits: {},
+  connected: false, source: "browser", styles: [], sizes: [], limits: {}, caps: null, preserveModes: [],
   settings: { version: 0, styles: [], alpha: 1, preserve_color: "none", size: 256, side_by_side: false },
   seq: 0, sent: new Map(), framesSent: 0, framesReceived: 0, lastVersion: -1, lastSeq: -1,
   resultTimes: [], latencies: [], errors: [], uploads: 0, cameraError: null, serverStats: null, maxInFlight: 1,
@@ -64,9 +64,12 @@ function onControl(msg) {
   switch (msg.type) {
     case "hello":
       nst.source = msg.source; nst.sizes = msg.sizes; nst.limits = msg.limits;
+      nst.preserveModes = msg.preserve_color || ["none", "luminance", "histogram_output"];
+      nst.caps = msg.caps || { style_images: true, style_table: false, alpha: true };
       nst.settings = Object.assign({}, msg.settings, { version: nst.settings.version + 1 });
       setStyles(msg.styles);
       fillSizes();
+      applyCaps();
       syncControls();
       sendSettings();
       if (nst.source === "browser") startCamera();
@@ -289,6 +292,15 @@ function renderBlend() {
     row.append(label, slider, val, rm);
     box.append(row);
   }
+}
+
+// What the model can do: a model with its own table of styles (CIN) shows that table as the gallery and takes
+// no uploads; one without a content/style trade-off hides the strength slider.
+function applyCaps() {
+  $("upload-label").hidden = !nst.caps.style_images;
+  $("alpha-label").hidden = nst.caps.alpha === false;
+  const preserve = $("preserve");
+  for (const option of preserve.options) option.hidden = !nst.preserveModes.includes(option.value);
 }
 
 function fillSizes() {
