@@ -1,13 +1,13 @@
 """Gatys et al. optimisation: nst-jax (Optax L-BFGS, jitted) against the same loss in plain PyTorch (CPU).
 
-Both sides optimise the same objective (nst_jax/gatys.py's module docstring): content MSE at relu4_2, Gram/(CHW) MSE
-at relu1_1..relu5_1 with the torchvision defaults' layer weights, squared TV, all on the image softclip(z) in
-[0, 1]; the same random VGG19 weights (copied across; no real weights on this machine); the same content (skimage
-astronaut) and style (skimage coffee, resized as `gatys.stylize` resizes it) and the same starts.
+Both sides optimise the same objective (`nst_jax.gatys.objective`'s module docstring): content MSE at relu4_2,
+Gram/(CHW) MSE at relu1_1..relu5_1 with the torchvision defaults' layer weights, squared TV, all on the image
+softclip(z) in [0, 1]; the same random VGG19 weights (copied across; no real weights on this machine); the same
+content (skimage astronaut) and style (skimage coffee, resized as `gatys.stylize` resizes it) and the same starts.
 
 1. Time per evaluation (loss + gradient: what one L-BFGS iteration costs when its first trial step is accepted) at
-   256 and 512 px: ours = the jitted value-and-gradient of `gatys._objective` (the function the compiled loop
-   calls); torch = VGG19 in torch.nn (channels_last, ReLU not in place), autograd backward. Interleaved rounds,
+   256 and 512 px: ours = the jitted value-and-gradient of `gatys.solve._objective` (the function the compiled
+   loop calls); torch = VGG19 in torch.nn (channels_last, ReLU not in place), autograd backward. Interleaved rounds,
    paired medians.
 2. 100 L-BFGS iterations from the same starts (128 px by default, 3 starts): ours (`gatys.stylize`: optax.lbfgs,
    memory 100, zoom line search, chunks of 10 in `lax.fori_loop`) against `torch.optim.LBFGS` (history 100, as
@@ -47,17 +47,11 @@ BETA = 100.0
 
 
 def gflop_per_eval(size: int, last: str = "relu5_1") -> float:
-    """Multiply-adds x 2 of one forward and backward (input gradient only: 2x the forward's convolutions)."""
+    """GFLOPs of one forward and backward (input gradient only: 2x the forward's convolutions)."""
     from nst_jax import vgg
 
-    total, h, w = 0, size, size
-    for name in vgg.LAYERS[: vgg.LAYERS.index(last) + 1]:
-        if name.startswith("conv"):
-            _, cin, cout = next(c for c in vgg.CONVS if c[0] == name)
-            total += 2 * h * w * 9 * cin * cout
-        elif name.startswith("pool"):
-            h, w = h // 2, w // 2
-    return 2 * total / 1e9  # forward + input gradient (the first conv's input gradient is tiny; counted anyway)
+    # forward + input gradient (the first conv's input gradient is tiny; counted anyway)
+    return 2 * vgg.flops(size, size, vgg.SPECS["torchvision"], last) / 1e9
 
 
 def images(size: int):
@@ -120,7 +114,7 @@ def torch_vgg(params, last: str):
 
 
 class TorchObjective:
-    """The Gatys objective of nst_jax/gatys.py, written in PyTorch from its formulas."""
+    """The Gatys objective of `nst_jax.gatys.objective`, written in PyTorch from its formulas."""
 
     def __init__(self, params, spec, content, style, weights, layer_weights, content_layers, style_layers):
         import torch
@@ -180,6 +174,7 @@ def setup(size: int):
     import torch
 
     from nst_jax import gatys, vgg
+    from nst_jax.gatys.solve import _objective, _Static
 
     spec = vgg.SPECS["torchvision"]
     cfg = gatys.GatysConfig(lbfgs_memory=100)
@@ -187,11 +182,11 @@ def setup(size: int):
     params = vgg.init_params(jax.random.PRNGKey(0), spec, last)
     weights = cfg.loss_weights(spec)
     content, style = images(size)
-    enc = gatys.make_encoder(params, last)
+    enc = gatys.prepare_vgg(params, last)  # what `gatys.stylize` passes its compiled loops
     targets = gatys.make_targets(enc, spec, content, [style], weights, cfg)
-    static = gatys._Static(spec, cfg.content_layers, cfg.style_layers, "lbfgs", None, 100, 20)
+    static = _Static(spec, cfg.content_layers, cfg.style_layers, "lbfgs", None, 100, 20)
     z0 = gatys.softclip_inverse(jnp.asarray(content))
-    ours_vg = jax.jit(jax.value_and_grad(gatys._objective), static_argnames=("static",))
+    ours_vg = jax.jit(jax.value_and_grad(_objective), static_argnames=("static",))
     lw = gatys.layer_weight_values(weights.layers, cfg.style_layers)
     tobj = TorchObjective(params, spec, content, style, weights, lw, cfg.content_layers, cfg.style_layers)
     zt = torch.from_numpy(np.asarray(z0).transpose(0, 3, 1, 2).copy()).requires_grad_(True)
@@ -317,7 +312,7 @@ def main() -> None:
     import jax
     import torch
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))  # one pinned core (taskset): one thread
     print(f"{machine_note()}; {allocator_note()}; jax {jax.__version__}, torch {torch.__version__}")
     if args.iterations > 0:
         run_iterations(args.iteration_size, args.iterations, args.starts)

@@ -113,6 +113,8 @@ def test_torchvision_pth_weights_adam_and_histogram(files, tmp_path, capsys):
     (["--layer-weights", "1,2"], "--layer-weights has 2 values for 5 style layers"),
     (["--tv-weight", "-1"], "--tv-weight must be finite and >= 0"),
     (["--scales", "8,32"], "--scales must be sizes of at least 16 pixels"),
+    (["--lbfgs-memory", "0"], "--lbfgs-memory must be >= 1, got 0"),
+    (["--style-scale", "0"], "--style-scale must be > 0, got 0.0"),
     (["-o", "{out}.xyz"], "cannot tell the image type of output"),
     (["--weights", "{d}/style.png"], "style.png"),
 ])
@@ -141,3 +143,25 @@ def test_offline_registry_weights_fail_with_a_hint(files, tmp_path, capsys):
     assert rc == 2
     assert err.startswith("nst-jax: error: ") and "torchvision" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o.png").exists()
+
+
+def test_library_parameter_names_become_flags():
+    """The library's errors name parameters; the command translates each to its flag, and nothing else."""
+    from nst_jax.commands.gatys import FLAGS, flag_message
+    from nst_jax.errors import NstError
+    from nst_jax.gatys import GatysConfig
+
+    assert flag_message("iterations has 2 values for 1 scales") == "--iterations has 2 values for 1 scales"
+    assert flag_message("style_blend has 1 values for 2 styles") == "--style-weights has 1 values for 2 styles"
+    assert flag_message("relu5_1 needs conv3_2: choose shallower content_layers/style_layers") == \
+        "relu5_1 needs conv3_2: choose shallower --content-layers/--style-layers"
+    for text in ("no style layers given", "mask 1 is empty (all black)", "see my_style_weight_notes"):
+        assert flag_message(text) == text
+    bad = dict(layer_weights="big", content_weight=-1.0, style_weight=float("nan"), tv_weight=-2.0,
+               optimizer="sgd", init="zeros", iterations=-1, scales=(8,), lr=0.0, style_scale=0.0,
+               preserve_color="hsv", lbfgs_memory=0)
+    for field, value in bad.items():
+        with pytest.raises(NstError) as e:
+            GatysConfig(**{field: value}).validate()
+        assert str(e.value).startswith(field), (field, str(e.value))
+        assert flag_message(str(e.value)).startswith(FLAGS[field] + " "), (field, str(e.value))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from nst_jax import gatys, image, ops, vgg
+from nst_jax import color, gatys, image, ops, vgg
 from nst_jax.errors import NstError, WeightsError
 
 SPEC = vgg.SPECS["torchvision"]
@@ -145,27 +145,32 @@ def test_softclip_is_a_smooth_near_identity_into_the_unit_interval():
     np.testing.assert_allclose(gatys.softclip(gatys.softclip_inverse(y)), jnp.clip(y, 1e-4, 1 - 1e-4), atol=2e-6)
 
 
-@pytest.mark.parametrize("source", ["torchvision", "adain"])
-def test_encoder_matches_vgg_encode_and_autodiff(source):
-    """The hand-differentiated encoder: vgg.encode's values bitwise, autodiff's input gradient."""
+@pytest.mark.parametrize("source", ["torchvision", "adain"])  # zero padding; reflect padding, 1x1 preconv, ceil mode
+def test_conv_input_grad_matches_conv_plain_and_autodiff(source):
+    """Gatys' encoder, vgg.encode with ops.conv_input_grad: ops.conv_plain's values bitwise, autodiff's gradient."""
     spec = vgg.SPECS[source]
     p = vgg.init_params(jax.random.PRNGKey(1), spec, "relu2_1")
     if spec.preconv:  # AdaIN's real preprocessing conv: x255, RGB->BGR, mean subtraction
         p["conv0"] = {"kernel": jnp.asarray(np.eye(3)[::-1].copy() * 255.0, jnp.float32).reshape(1, 1, 3, 3),
                       "bias": jnp.asarray([-103.939, -116.779, -123.68], jnp.float32)}
+    prepared = gatys.prepare_vgg(p, "relu2_1")  # what the compiled loops get: kernels transposed once
+    assert set(prepared) == set(p) and all("kernel_t" in v for v in prepared.values())
     x = jax.random.uniform(jax.random.PRNGKey(2), (1, 13, 18, 3))  # odd sizes: AdaIN's ceil-mode pooling
     taps = ("relu1_1", "relu2_1")
-    ours = jax.jit(gatys.encode, static_argnums=(2, 3))(p, x, spec, taps)
-    ref = jax.jit(vgg.encode, static_argnums=(2, 3))(p, x, spec, taps)
-    for k in taps:
-        np.testing.assert_array_equal(ours[k], ref[k])
+    enc = jax.jit(vgg.encode, static_argnums=(2, 3), static_argnames=("conv",))
+    ref = enc(p, x, spec, taps, conv=ops.conv_plain)
+    for params in (prepared, p):  # kernel_t given, or computed by the strategy
+        ours = enc(params, x, spec, taps, conv=ops.conv_input_grad)
+        for k in taps:
+            np.testing.assert_array_equal(ours[k], ref[k])
 
-    def loss(enc_fn, x):
-        f = enc_fn(p, x, spec, taps)
+    def loss(params, conv, x):
+        f = vgg.encode(params, x, spec, taps, conv=conv)
         return sum(jnp.sum(jnp.sin(f[k])) for k in taps)
 
-    g_ours = jax.jit(jax.grad(lambda x: loss(gatys.encode, x)))(x)
-    g_ref = jax.jit(jax.grad(lambda x: loss(vgg.encode, x)))(x)
+    g_ours = jax.jit(jax.grad(lambda x: loss(prepared, ops.conv_input_grad, x)))(x)
+    g_ref = jax.jit(jax.grad(lambda x: loss(p, ops.conv_plain, x)))(x)
+    assert float(jnp.max(jnp.abs(g_ref))) > 0
     np.testing.assert_allclose(g_ours, g_ref, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(g_ref))))
 
 
@@ -184,7 +189,7 @@ def test_objective_matches_torch(params, pictures, rng):
     cfg = gatys.GatysConfig(**SMALL, layer_weights=(1.0, 0.5, 2.0), content_weight=2.0, style_weight=1e3,
                             tv_weight=1e-3)
     w = cfg.loss_weights(SPEC)
-    enc = gatys.make_encoder(params, "relu3_1")
+    enc = gatys.prepare_vgg(params, "relu3_1")
     mask = np.zeros((32, 32), np.float32)
     mask[:, :20] = 1.0
     masks = [mask, 1.0 - mask]
@@ -203,6 +208,9 @@ def test_objective_matches_torch(params, pictures, rng):
         terms = jax.jit(gatys.loss_terms, static_argnums=(3, 4, 5))(
             gatys.softclip(z), targets, enc, SPEC, cfg.content_layers, cfg.style_layers)
         grad = jax.jit(jax.grad(total))(z)
+        plain = jax.jit(gatys.loss_terms, static_argnums=(3, 4, 5))(  # kernel_t computed inside: same values
+            gatys.softclip(z), targets, params, SPEC, cfg.content_layers, cfg.style_layers)
+        assert {k: float(v) for k, v in plain.items()} == {k: float(v) for k, v in terms.items()}
 
         with torch.no_grad():
             fc = net(t_nchw(content), {"relu3_1"})
@@ -304,7 +312,7 @@ def test_style_scale_histogram_and_masks_change_the_targets(params, pictures):
     content, style, _ = pictures
     cfg = gatys.GatysConfig(**SMALL, iterations=0)
     w = cfg.loss_weights(SPEC)
-    enc = gatys.make_encoder(params, "relu3_1")
+    enc = gatys.prepare_vgg(params, "relu3_1")
 
     def initial(**kw):
         return gatys.stylize(content, [style], params, SPEC, cfg.replace(**kw.pop("cfg", {})), **kw).initial_losses
@@ -348,7 +356,7 @@ def test_luminance_preservation_keeps_the_content_chroma(params, pictures):
     content, style, _ = pictures
     cfg = gatys.GatysConfig(**SMALL, iterations=3, init="style", preserve_color="luminance")
     out = gatys.stylize(content, [style], params, SPEC, cfg).image
-    chroma = lambda x: np.asarray(image.rgb_to_yiq(x))[..., 1:]  # noqa: E731
+    chroma = lambda x: np.asarray(color.rgb_to_yiq(x))[..., 1:]  # noqa: E731
     # Clipping to [0, 1] after the YIQ round trip moves a few saturated pixels; most keep the chroma exactly.
     assert np.median(np.abs(chroma(out) - chroma(content))) < 1e-3
 
@@ -357,16 +365,18 @@ def test_errors_name_the_problem(params, pictures):
     content, style, _ = pictures
     with pytest.raises(NstError, match="unknown VGG19 layer 'relu9_1'"):
         gatys.stylize(content, [style], params, SPEC, gatys.GatysConfig(style_layers=("relu9_1",)))
-    with pytest.raises(NstError, match="--layer-weights has 2 values for 5 style layers"):
+    # the library names its parameters (the command line names flags: tests/test_cli_gatys.py)
+    with pytest.raises(NstError, match="^layer_weights has 2 values for 5 style layers"):
         gatys.stylize(content, [style], params, SPEC, gatys.GatysConfig(layer_weights=(1.0, 2.0)))
-    with pytest.raises(NstError, match="--iterations has 2 values for 3 scales"):
+    with pytest.raises(NstError, match="^iterations has 2 values for 3 scales"):
         gatys.GatysConfig(scales=(16, 32, 64), iterations=(1, 2)).validate()
     with pytest.raises(NstError, match="2 masks for 1 styles"):
         gatys.stylize(content, [style], params, SPEC, gatys.GatysConfig(**SMALL), masks=[np.ones((4, 4))] * 2)
     with pytest.raises(NstError, match="mask 1 is empty"):
         gatys.stylize(content, [style], params, SPEC, gatys.GatysConfig(**SMALL), masks=[np.zeros((4, 4))])
-    with pytest.raises(NstError, match="--style-weights has 1 values for 2 styles"):
+    with pytest.raises(NstError, match="^style_blend has 1 values for 2 styles"):
         gatys.stylize(content, [style, style], params, SPEC, gatys.GatysConfig(**SMALL), style_blend=[1.0])
     truncated = {k: v for k, v in params.items() if k in vgg.expected_shapes(SPEC, "relu3_1")}
-    with pytest.raises(WeightsError, match="end at conv3_1, but layer relu5_1 needs conv3_2"):
+    with pytest.raises(WeightsError, match="end at conv3_1, but layer relu5_1 needs conv3_2, .*: choose shallower "
+                                           "content_layers/style_layers$"):
         gatys.stylize(content, [style], truncated, SPEC, gatys.GatysConfig())

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 EXAMPLES = """\
@@ -87,6 +90,56 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+# `GatysConfig` fields and `gatys.stylize` arguments -> the flags that set them, for the library's errors.
+FLAGS = {
+    "content_layers": "--content-layers",
+    "style_layers": "--style-layers",
+    "layer_weights": "--layer-weights",
+    "content_weight": "--content-weight",
+    "style_weight": "--style-weight",
+    "tv_weight": "--tv-weight",
+    "optimizer": "--optimizer",
+    "iterations": "--iterations",
+    "lr": "--lr",
+    "lbfgs_memory": "--lbfgs-memory",
+    "init": "--init",
+    "seed": "--seed",
+    "scales": "--scales",
+    "style_scale": "--style-scale",
+    "preserve_color": "--preserve-color",
+    "style_blend": "--style-weights",
+    "masks": "--mask",
+    "style_masks": "--style-mask",
+    "init_image": "--init-image",
+}
+# A snake_case name is a parameter wherever it stands; a one-word name ("iterations", "scales") only where it opens
+# the message, as the library's messages put the parameter first.
+_SNAKE = re.compile(r"\b(" + "|".join(k for k in FLAGS if "_" in k) + r")\b")
+_FIRST = re.compile(r"^(" + "|".join(k for k in FLAGS if "_" not in k) + r")\b")
+
+
+def flag_message(message: str) -> str:
+    """A library error message with its parameter names replaced by the flags that set them."""
+    message = _SNAKE.sub(lambda m: FLAGS[m.group(1)], message)
+    return _FIRST.sub(lambda m: FLAGS[m.group(1)], message)
+
+
+@contextlib.contextmanager
+def _in_flag_names() -> Iterator[None]:
+    """Re-raise the library's argument errors (same class) with flags in place of parameter names.
+
+    File errors (`ImageError`, ...) name paths, which are left as they are.
+    """
+    from nst_jax.errors import NstError, WeightsError
+
+    try:
+        yield
+    except NstError as e:
+        if type(e) not in (NstError, WeightsError):
+            raise
+        raise type(e)(flag_message(str(e))) from e
+
+
 def _floats(text: str | None, flag: str) -> list[float] | None:
     from nst_jax.errors import NstError
 
@@ -153,8 +206,9 @@ def build_config(args: argparse.Namespace):
         style_scale=args.style_scale,
         preserve_color=args.preserve_color,
     )
-    config.validate()
-    config.iterations_per_scale()
+    with _in_flag_names():
+        config.validate()
+        config.iterations_per_scale()
     return config
 
 
@@ -186,6 +240,7 @@ def plan(args: argparse.Namespace):
     """
     from PIL import Image
 
+    from nst_jax.checks import check_weights
     from nst_jax.errors import ImageError, NstError
 
     config = build_config(args)
@@ -198,11 +253,7 @@ def plan(args: argparse.Namespace):
     n_styles = len(args.style)
     blend = _floats(args.style_weights, "--style-weights")
     if blend is not None:
-        if len(blend) != n_styles:
-            raise NstError(f"--style-weights has {len(blend)} values for {n_styles} styles")
-        if any(w < 0 or w != w or w == float("inf") for w in blend) or sum(blend) <= 0:
-            raise NstError(f"--style-weights must be non-negative numbers with a positive sum, got "
-                           f"{args.style_weights!r}")
+        check_weights(blend, n_styles, what="--style-weights")
     if args.mask and not (len(args.mask) == n_styles or (len(args.mask) == 1 and n_styles == 2)):
         raise NstError(f"got {len(args.mask)} --mask for {n_styles} --style: give one mask per style"
                        + (" (or one mask for two styles)" if n_styles == 2 else ""))
@@ -224,23 +275,19 @@ def plan(args: argparse.Namespace):
 
 def _load_masks(args: argparse.Namespace, content_hw: tuple[int, int]):
     """Masks over the content (checked for its aspect ratio), expanding one mask for two styles."""
-    import numpy as np
-
     from nst_jax.errors import ImageError
-    from nst_jax.image import load_mask
+    from nst_jax.image import aspect_ratios_differ, expand_masks, load_mask
 
     h, w = content_hw
     masks = []
     for path in args.mask:
         m = load_mask(path)
         mh, mw = m.shape
-        if abs((mw / mh) / (w / h) - 1.0) > 0.02:
+        if aspect_ratios_differ((mh, mw), (h, w)):
             raise ImageError(f"mask {path} is {mw}x{mh} but the content {args.content} is {w}x{h}: their aspect "
                              f"ratios differ (masks must have the content's shape)")
         masks.append(m)
-    if len(masks) == 1 and len(args.style) == 2:
-        masks.append(np.float32(1.0) - masks[0])
-    return masks
+    return expand_masks(masks, len(args.style))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -249,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
 
     from nst_jax import gatys
     from nst_jax.image import load_image, load_mask, save_image
-    from nst_jax.stylize import tune_allocator
+    from nst_jax.runtime import tune_allocator
     from nst_jax.weights import load_vgg
 
     tune_allocator()
@@ -267,10 +314,11 @@ def run(args: argparse.Namespace) -> int:
             out.parent.mkdir(parents=True, exist_ok=True)
             save_image(intermediate_path(out, step.total_iteration), step.image[0], overwrite=args.overwrite)
 
-    result = gatys.stylize(content, styles, params, spec, config, style_blend=blend, masks=masks,
-                           style_masks=style_masks, init_image=init_image,
-                           callback=save_intermediate if args.save_every else None, save_every=args.save_every,
-                           progress=not args.quiet)
+    with _in_flag_names():
+        result = gatys.stylize(content, styles, params, spec, config, style_blend=blend, masks=masks,
+                               style_masks=style_masks, init_image=init_image,
+                               callback=save_intermediate if args.save_every else None,
+                               save_every=args.save_every, progress=not args.quiet)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_image(out, result.image[0], overwrite=args.overwrite)
     if not args.quiet:
