@@ -1,0 +1,436 @@
+"""`nst-jax video`: stylize a video file frame by frame, stabilised against flicker, audio and timing kept."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import queue
+import signal
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from nst_jax.commands.stylize import COLOR_MODES
+
+EXAMPLES = """\
+examples:
+  nst-jax video clip.mp4 --style starry.jpg -o out.mp4
+  nst-jax video clip.mp4 --style starry.jpg --stabilize 0 -o per_frame.mp4      # no smoothing
+  nst-jax video clip.mp4 --style starry.jpg --flow-blend 0.5 --report flicker.json -o out.mp4
+  nst-jax video clip.mov --style a.jpg --style b.jpg --style-weights 0.7,0.3 --content-size 256 -o out.mov
+  nst-jax video clip.mp4 --style sky.jpg --style ground.jpg --mask sky.png --keep-size -o out.mp4
+"""
+
+
+# nst_jax.temporal's DEFAULT_STRENGTH and CUT_RATIO, repeated so that `--help` imports no jax (a test checks that
+# they agree).
+DEFAULT_STRENGTH = 0.5
+CUT_RATIO = 2.2
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `video` subcommand."""
+    p = subparsers.add_parser(
+        "video", help="stylize a video: flicker-stabilised, timing and audio kept",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(
+            "Stylize every frame of a video with the options of `nst-jax stylize` (AdaIN), smoothing the "
+            "content statistics across frames against flicker (reset at scene cuts), optionally blending "
+            "each frame with the previous output along the optical flow. The source's frame rate (or "
+            "timestamps) and audio are kept (audio needs PyAV: pip install 'nst-jax[video]'). The output "
+            "appears only when complete: an interrupted or failed run leaves no file under its name. "
+            "--report writes the flicker numbers (warping error, SSIM to the per-frame result) as JSON; "
+            "see docs/video.md.", width=88),
+        epilog=EXAMPLES)
+    p.add_argument("input", metavar="IN", help="video file")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output video (.mp4, .mov, .mkv, .m4v: H.264; .webm: VP9; .avi: MPEG-4)")
+    p.add_argument("-s", "--style", action="append", required=True, metavar="STYLE",
+                   help="style image file (repeat for several: then give --style-weights or --mask)")
+    p.add_argument("--style-weights", metavar="W1,W2,...",
+                   help="blend the styles with these weights (floats, normalised to sum to 1)")
+    p.add_argument("--alpha", type=float, default=1.0,
+                   help="stylization strength: 1 = full style, 0 = the content (default 1)")
+    p.add_argument("--preserve-color", choices=COLOR_MODES,
+                   help="keep the video's colours: luminance (per frame) or histogram (the style images are "
+                        "recoloured once, to the first frame's colours)")
+    p.add_argument("--mask", action="append", metavar="MASK",
+                   help="static spatial control: one mask image per --style over the frame, white where that "
+                        "style goes (or one mask for two styles); the frame's aspect ratio")
+    p.add_argument("--content-size", type=int, default=512, metavar="N",
+                   help="stylize at this shorter side (0 = the video's size; default 512); sides are made even")
+    p.add_argument("--style-size", type=int, default=512, metavar="N",
+                   help="resize styles so the shorter side is N (0 = keep; default 512)")
+    w = p.add_argument_group("weights (default: pytorch-AdaIN's released vgg_normalised + decoder)")
+    w.add_argument("--vgg", metavar="FILE", help="VGG19 encoder weights (registry name or file)")
+    dec = w.add_mutually_exclusive_group()
+    dec.add_argument("--decoder", metavar="FILE", help="decoder weights: pytorch-AdaIN decoder.pth or a .npz")
+    dec.add_argument("--checkpoint", metavar="DIR", help="a training --workdir or checkpoint step directory")
+    st = p.add_argument_group("stabilisation (see docs/video.md for what each costs and gains)")
+    st.add_argument("--stabilize", type=float, default=DEFAULT_STRENGTH, metavar="S",
+                    help=f"statistic smoothing strength in [0, 1): the weight of the past in a moving average "
+                         f"of the content statistics (0 = off, per-frame stylization; default "
+                         f"{DEFAULT_STRENGTH})")
+    st.add_argument("--scene-cut", type=float, default=CUT_RATIO, metavar="R",
+                    help=f"restart the smoothing where the statistics jump R times more than their typical "
+                         f"frame-to-frame change (default {CUT_RATIO})")
+    st.add_argument("--flow-blend", type=float, default=0.0, metavar="B",
+                    help="blend each frame with the previous output carried along the optical flow, weight B "
+                         "in [0, 1) (default 0 = off; one DIS flow per frame)")
+    o = p.add_argument_group("output")
+    o.add_argument("--overwrite", action="store_true", help="replace existing output (and report) files")
+    o.add_argument("--report", metavar="FILE.json",
+                   help="write the flicker report: warping error and SSIM to the per-frame output (costs two "
+                        "optical flows per frame, and a second decoder pass when stabilising)")
+    o.add_argument("--keep-size", action="store_true",
+                   help="scale the result back to the video's size (default: the stylized size)")
+    o.add_argument("--crf", type=int, metavar="Q",
+                   help="encoder quality, lower is better (H.264 default 18, VP9 default 32)")
+    o.add_argument("--batch-size", type=int, default=4, metavar="N", help="frames per forward pass (default 4)")
+    o.add_argument("--backend", choices=("auto", "av", "opencv"), default="auto",
+                   help="video library: PyAV (audio, exact timing) or OpenCV (video only); default: PyAV if "
+                        "installed")
+    p.set_defaults(func=run)
+
+
+def _even_size(h: int, w: int, content_size: int) -> tuple[int, int]:
+    """The stylized frame size: shorter side `content_size` (torchvision's Resize(int)), both sides even."""
+    if content_size:
+        if h <= w:
+            h, w = content_size, int(content_size * w / h)
+        else:
+            h, w = int(content_size * h / w), content_size
+    return max(2, h - h % 2), max(2, w - w % 2)
+
+
+def plan(args: argparse.Namespace) -> tuple[Any, list[float] | None, str]:
+    """Validate everything cheap before any weight is loaded: flags, files, the input video itself.
+
+    Returns:
+      (the input's `VideoInfo`, style weights or None, mode "single" | "blend" | "mask").
+    """
+    from nst_jax.commands.stylize import _parse_weights
+    from nst_jax.errors import ImageError, NstError
+    from nst_jax.video import OUTPUT_EXTENSIONS, check_output, probe, resolve_backend
+
+    if not 0.0 <= args.alpha <= 1.0:
+        raise NstError(f"--alpha must be in [0, 1], got {args.alpha}")
+    for flag, size in (("--content-size", args.content_size), ("--style-size", args.style_size)):
+        if size < 0:
+            raise NstError(f"{flag} must be >= 0, got {size}")
+    if args.batch_size < 1:
+        raise NstError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not 0.0 <= args.stabilize < 1.0:
+        raise NstError(f"--stabilize must be in [0, 1), got {args.stabilize}")
+    if not 0.0 <= args.flow_blend < 1.0:
+        raise NstError(f"--flow-blend must be in [0, 1), got {args.flow_blend}")
+    if not args.scene_cut > 1:
+        raise NstError(f"--scene-cut must be above 1, got {args.scene_cut}")
+    weights = _parse_weights(args.style_weights)
+    if weights is not None and args.mask:
+        raise NstError("--style-weights blends styles everywhere and --mask places them: give one or the other")
+    for s in args.style:
+        if not Path(s).is_file():
+            raise ImageError(f"no such style image: {s}")
+    n = len(args.style)
+    if weights is not None and len(weights) != n:
+        raise NstError(f"--style-weights has {len(weights)} values for {n} styles")
+    if args.mask:
+        for m in args.mask:
+            if not Path(m).is_file():
+                raise ImageError(f"no such mask image: {m}")
+        if not (len(args.mask) == n or (len(args.mask) == 1 and n == 2)):
+            raise NstError(f"got {len(args.mask)} --mask for {n} --style: give one mask per style"
+                           + (" (or one mask for two styles)" if n == 2 else ""))
+    elif n > 1 and weights is None:
+        raise NstError(f"{n} styles for one video: blend them with --style-weights or place them with --mask")
+    mode = "mask" if args.mask else "blend" if n > 1 else "single"
+
+    out = Path(args.output)
+    backend = resolve_backend(args.backend)
+    if out.suffix.lower() not in OUTPUT_EXTENSIONS:
+        raise NstError(f"-o {out}: unknown video extension; use one of {', '.join(OUTPUT_EXTENSIONS)}")
+    if Path(args.input).resolve() == out.resolve():
+        raise NstError("the output would replace the input video; choose another -o")
+    check_output(out, args.overwrite)
+    if args.report is not None:
+        rep = Path(args.report)
+        if rep.resolve() == out.resolve():
+            raise NstError("--report and -o name the same file")
+        check_output(rep, args.overwrite)
+    info = probe(args.input, backend)
+    return info, weights, mode
+
+
+# ----------------------------------------------------------------------------------------------------
+# The model-family part: AdaIN frames, per-frame or with smoothed content statistics.
+
+
+FrameFn = Callable[[Any, Any], tuple[Any, Any, Any]]
+
+
+@functools.cache
+def _programs() -> SimpleNamespace:
+    """The jitted stabilised AdaIN pieces, made once per process (so every run shares compiled programs)."""
+    import jax
+
+    from nst_jax import temporal
+
+    return SimpleNamespace(
+        analyse=jax.jit(temporal.adain_analyse, static_argnames="spec"),
+        render=jax.jit(temporal.adain_render, static_argnames=("height", "width")),
+        region_stats=jax.jit(temporal.adain_region_analyse),
+        region_render=jax.jit(temporal.adain_region_render, static_argnames=("height", "width")))
+
+
+def _adain_frames(args: argparse.Namespace, styles: list, weights: list[float] | None, masks: list | None,
+                  hw: tuple[int, int], want_reference: bool) -> tuple[FrameFn, str]:
+    """Build `frames(x, valid) -> (output, per-frame reference or None, cuts)` for AdaIN.
+
+    Args:
+      args: the parsed flags (weights, alpha, colour, stabilisation).
+      styles: style images (1, h, w, 3), already recoloured for histogram colour preservation.
+      weights: blend weights or None; masks: (H, W) masks at the frame size, or None.
+      hw: the frame size.
+      want_reference: also return the unstabilised output (for the report).
+
+    Returns:
+      (the frame function, the model's name for the report).
+    """
+    import jax.numpy as jnp
+    import numpy as np
+
+    from nst_jax import color, temporal
+    from nst_jax.image import masks_to_grid
+    from nst_jax.models import adain
+    from nst_jax.stylize import Stylizer
+
+    st = Stylizer.load(vgg=args.vgg, decoder=args.decoder, checkpoint=args.checkpoint)
+    h, w = hw
+    luminance = args.preserve_color == "luminance"
+    kw: dict[str, Any] = {"alpha": args.alpha, "preserve_color": "luminance" if luminance else None}
+    if masks is not None:
+        kw["masks"] = masks
+    elif weights is not None:
+        kw["weights"] = weights
+    if args.stabilize == 0:
+        # Per-frame: the Stylizer's own path, so strength 0 is per-frame stylization bit for bit.
+        def per_frame(x: Any, valid: Any) -> tuple[Any, Any, Any]:
+            return st.stylize(x, styles, **kw), None, np.zeros(len(x), bool)
+
+        return per_frame, "adain"
+
+    smoother = temporal.StatSmoother(args.stabilize, args.scene_cut)
+    stats = [st.style_stats(s) for s in styles]
+    jitted = _programs()
+    analyse, render = jitted.analyse, jitted.render
+    region_stats, region_render = jitted.region_stats, jitted.region_render
+    if masks is None:
+        blended = Stylizer.blend_stats(stats, weights)
+    else:
+        grid = jnp.asarray(masks_to_grid(masks, hw, adain.feature_grid(h, w, st.spec), len(styles)))
+        s_mean = jnp.concatenate([s.mean.reshape(1, 1, -1) for s in stats], axis=1)  # (1, K, C)
+        s_std = jnp.concatenate([s.std.reshape(1, 1, -1) for s in stats], axis=1)
+
+    def stabilised(x: Any, valid: Any) -> tuple[Any, Any, Any]:
+        n = len(x)
+        xj = jnp.asarray(x, st.dtype)
+        a = jnp.full((n,), args.alpha, jnp.float32)
+        f, own = analyse(st.vgg, xj, spec=st.spec)
+        if masks is None:
+            mean = jnp.broadcast_to(blended.mean, (n,) + blended.mean.shape[1:])
+            std = jnp.broadcast_to(blended.std, mean.shape)
+
+            def draw(c: Any) -> Any:
+                return render(st.decoder, f, c, mean, std, a, height=h, width=w)
+        else:
+            m = jnp.broadcast_to(grid, (n,) + grid.shape)
+            own = region_stats(f, m)
+            mean = jnp.broadcast_to(s_mean, (n,) + s_mean.shape[1:])
+            std = jnp.broadcast_to(s_std, mean.shape)
+
+            def draw(c: Any) -> Any:
+                return region_render(st.decoder, f, m, c, mean, std, a, height=h, width=w)
+
+        smoothed = smoother(own, valid)
+        outs = [draw(smoothed)] + ([draw(own)] if want_reference else [])
+        if luminance:
+            outs = [color.luminance_transfer(o, xj) for o in outs]
+        outs = [np.asarray(o, np.float32) for o in outs]
+        return outs[0], (outs[1] if want_reference else None), smoother.last_cuts
+
+    return stabilised, "adain"
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def _load_styles(args: argparse.Namespace, first_frame: Any) -> list:
+    import numpy as np
+
+    from nst_jax.color import coral
+    from nst_jax.image import load_image
+
+    size = args.style_size or None
+    styles = [load_image(s, size=size) for s in args.style]
+    if args.preserve_color == "histogram":
+        styles = [np.asarray(coral(s, first_frame[None]), np.float32) for s in styles]
+    return styles
+
+
+def _load_masks(args: argparse.Namespace, hw: tuple[int, int]) -> list | None:
+    from nst_jax.commands.stylize import _fit_masks
+    from nst_jax.image import load_mask
+
+    if not args.mask:
+        return None
+    masks = [load_mask(m) for m in args.mask]
+    return _fit_masks(masks, Path(args.input), args.mask, hw, SimpleNamespace(crop=False, content_size=0))
+
+
+def _resize_u8(frames: Any, hw: tuple[int, int]) -> Any:
+    """Resize uint8 frames with Pillow's antialiased bilinear filter (as `load_image` resizes photos)."""
+    import numpy as np
+    from PIL import Image
+
+    h, w = hw
+    if frames.shape[1:3] == (h, w):
+        return frames
+    if frames.shape[1] >= h and frames.shape[2] >= w and frames.shape[1] - h < 2 and frames.shape[2] - w < 2:
+        return frames[:, :h, :w]  # an odd side made even: crop the last row / column rather than resample
+    return np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.Resampling.BILINEAR)) for f in frames])
+
+
+def run(args: argparse.Namespace) -> int:
+    """Stylize the video; returns 0, or raises NstError (printed as one line by the dispatcher)."""
+    info, weights, _ = plan(args)
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from nst_jax import temporal
+    from nst_jax.files import atomic_write
+    from nst_jax.runtime import tune_allocator
+    from nst_jax.video import VideoReader, VideoWriter
+
+    tune_allocator()
+    h, w = _even_size(info.height, info.width, args.content_size)
+    out_hw = (info.height - info.height % 2, info.width - info.width % 2) if args.keep_size else (h, w)
+    reader = VideoReader(info)
+    frames = reader.frames()
+    first = next(frames)[0]
+    frames.close()
+    first_frame = _resize_u8(first[None], (h, w))[0].astype(np.float32) / np.float32(255.0)
+    styles = _load_styles(args, first_frame)
+    masks = _load_masks(args, (h, w))
+    frames_fn, model_name = _adain_frames(args, styles, weights, masks, (h, w), args.report is not None)
+    blender = temporal.FlowBlender(args.flow_blend) if args.flow_blend > 0 else None
+    meter = temporal.FlickerMeter() if args.report is not None else None
+    stabilised = args.stabilize > 0 or blender is not None
+
+    def prepare(frames_u8: Any) -> Any:
+        return _resize_u8(frames_u8, (h, w)).astype(np.float32) / np.float32(255.0)
+
+    writer = VideoWriter(args.output, info.fps, (out_hw[1], out_hw[0]),
+                         time_base=None if info.constant_rate else info.time_base,
+                         audio_from=info.path if info.audio else None, overwrite=args.overwrite,
+                         backend=info.backend, crf=args.crf)
+    for note in writer.notes:
+        print(f"nst-jax: {note}", file=sys.stderr)
+    if info.backend == "opencv":
+        print("nst-jax: OpenCV backend: the output has no audio (install PyAV: pip install 'nst-jax[video]')",
+              file=sys.stderr)
+    bar = tqdm(total=info.frames, unit="frame", desc="video", dynamic_ncols=True, file=sys.stderr)
+    work: queue.Queue = queue.Queue(maxsize=2)
+    failure: list[BaseException] = []
+    scene_cuts: list[int] = []
+
+    def write_loop() -> None:
+        # Host-side work after the model (blending, the report, encoding) overlaps the next batch's compute.
+        index = 0
+        try:
+            while True:
+                item = work.get()
+                if item is None:
+                    return
+                x, out, ref, cuts, pts = item
+                scene_cuts.extend(index + int(i) for i in np.flatnonzero(cuts))
+                if blender is not None:
+                    if ref is None:
+                        ref = out
+                    out = blender(x, out, cuts)
+                if meter is not None:
+                    for i in range(len(out)):
+                        meter.add(x[i], out[i], ref[i] if stabilised and ref is not None else None)
+                u8 = np.rint(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
+                writer.write(_resize_u8(u8, out_hw), pts)
+                index += len(out)
+                bar.update(len(out))
+        except BaseException as e:  # handed to the main thread
+            failure.append(e)
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() \
+        else None
+    thread = threading.Thread(target=write_loop, name="nst-video-writer", daemon=True)
+    thread.start()
+    start = time.perf_counter()
+    try:
+        for x, pts in reader.batches(args.batch_size, transform=prepare):
+            k = len(x)
+            valid = np.arange(args.batch_size) < k
+            if k < args.batch_size:  # pad the last batch: one compiled shape for the whole video
+                x_in = np.concatenate([x, np.repeat(x[-1:], args.batch_size - k, axis=0)])
+            else:
+                x_in = x
+            out, ref, cuts = frames_fn(x_in, valid)
+            item = (x, out[:k], None if ref is None else ref[:k], cuts[:k], pts)
+            while True:
+                if failure:
+                    raise failure[0]
+                try:
+                    work.put(item, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+        work.put(None)
+        thread.join()
+        if failure:
+            raise failure[0]
+        elapsed = time.perf_counter() - start
+        writer.close()
+    except BaseException:
+        # Stop the writer thread before discarding its file: drop the queued batches, then the end marker.
+        while True:
+            try:
+                work.get_nowait()
+            except queue.Empty:
+                break
+        work.put(None)
+        thread.join(timeout=60.0)
+        writer.abort()
+        raise
+    finally:
+        bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    print(args.output)
+    if meter is not None:
+        report = {
+            "input": str(info.path), "output": str(args.output), "model": model_name,
+            "frames": writer.frames, "fps": float(info.fps), "size": [h, w],
+            "stabilize": args.stabilize, "scene_cut": args.scene_cut, "flow_blend": args.flow_blend,
+            "scene_cuts": scene_cuts, "seconds": elapsed, "frames_per_second": writer.frames / elapsed,
+            **meter.report(),
+        }
+        atomic_write(args.report, json.dumps(report, indent=2) + "\n", overwrite=args.overwrite)
+        print(f"{args.report}: {temporal.describe(report)}", file=sys.stderr)
+    return 0
