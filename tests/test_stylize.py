@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from nst_jax import color
 from nst_jax import image as imagelib
 from nst_jax.errors import ImageError, NstError, WeightsError
-from nst_jax.stylize import StyleStats, Stylizer, adaptive_avg_pool, masks_to_grid
+from nst_jax.image import adaptive_avg_pool, masks_to_grid
+from nst_jax.stylize import StyleStats, Stylizer
 
 H, W = 44, 60
 
@@ -186,8 +188,8 @@ def test_cached_style_is_not_encoded_again(weight_files, images):
     st = Stylizer.load(vgg=weight_files[0], decoder=weight_files[1])
     content, style1, style2, _ = images
     calls = []
-    inner = st._stats_fn
-    st._stats_fn = lambda *a: calls.append(a[1].shape) or inner(*a)
+    inner = st._cond_fn
+    st._cond_fn = lambda *a: calls.append(a[2].shape) or inner(*a)
     first = st.stylize(content, [style1], alpha=0.5)
     assert len(calls) == 1 and st.style_encodes == 1
     second = st.stylize(content, [style1], alpha=0.5)
@@ -223,18 +225,18 @@ def test_stats_api_and_blending(stylizer, images):
 def test_colour_preservation(stylizer, images):
     content, style1, style2, _ = images
     hist = stylizer.stylize(content, [style1], preserve_color="histogram", alpha=0.8)
-    recoloured = imagelib.coral(style1, content)
+    recoloured = color.coral(style1, content)
     np.testing.assert_allclose(hist, stylizer.stylize(content, [recoloured], alpha=0.8), atol=1e-5)
     lum = stylizer.stylize(content, [style1], preserve_color="luminance")
     plain = stylizer.stylize(content, [style1])
-    np.testing.assert_allclose(lum, imagelib.luminance_transfer(plain, content), atol=1e-6)
+    np.testing.assert_allclose(lum, color.luminance_transfer(plain, content), atol=1e-6)
     # chroma comes from the content where nothing was clipped
-    yiq_l, yiq_c = imagelib.rgb_to_yiq(lum), imagelib.rgb_to_yiq(content)
+    yiq_l, yiq_c = color.rgb_to_yiq(lum), color.rgb_to_yiq(content)
     inside = np.all((lum > 0.01) & (lum < 0.99), axis=-1)
     np.testing.assert_allclose(yiq_l[..., 1:][inside], yiq_c[..., 1:][inside], atol=1e-4)
     # both modes work with blends and masks (pytorch-AdaIN skips colour preservation for blends)
     blend_hist = stylizer.stylize(content, [style1, style2], weights=[0.5, 0.5], preserve_color="histogram")
-    expect = stylizer.stylize(content, [recoloured, imagelib.coral(style2, content)], weights=[0.5, 0.5])
+    expect = stylizer.stylize(content, [recoloured, color.coral(style2, content)], weights=[0.5, 0.5])
     np.testing.assert_allclose(blend_hist, expect, atol=1e-5)
     left = _region_masks()[0]
     masked = stylizer.stylize(content, [style1, style2], masks=[left], preserve_color="luminance")
@@ -257,7 +259,7 @@ def test_bad_arguments(stylizer, images):
         stylizer.stylize(content, [style1, style2], masks=[np.ones((40, 40), np.float32)])
     with pytest.raises(NstError, match="one or the other"):
         stylizer.stylize(content, [style1, style2], masks=[left], weights=[1, 1])
-    with pytest.raises(NstError, match="2 style weights for 1 styles|got 2 style weights"):
+    with pytest.raises(NstError, match="style weights has 2 values for 1 styles"):
         stylizer.stylize(content, [style1], weights=[1, 2])
     with pytest.raises(NstError, match="content"):
         stylizer.stylize(content[..., :2], [style1])
@@ -321,16 +323,3 @@ def test_checkpoint_decoder_pairs_with_its_config(tmp_path, images):
     torch.save(_torchvision_state_dict(), path)
     with pytest.raises(WeightsError, match="trained on the adain encoder"):
         Stylizer.load(vgg=path, checkpoint=tmp_path)
-
-
-def test_low_resolution_upsample_conv_equals_the_decoder():
-    import jax
-
-    from nst_jax.models import adain
-    from nst_jax.models import decoder as D
-
-    params = D.init_params(jax.random.key(5))
-    t = jax.nn.relu(jax.random.normal(jax.random.key(6), (2, 3, 5, 512), np.float32))
-    ours, theirs = jax.jit(adain.decode)(params, t), jax.jit(D.decode)(params, t)
-    assert ours.shape == theirs.shape == (2, 24, 40, 3)
-    assert rel_err(np.asarray(ours), np.asarray(theirs)) < 1e-5

