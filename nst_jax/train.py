@@ -219,8 +219,18 @@ class _Run:
     def _init_state(self) -> TrainState:
         key = jax.random.PRNGKey(int(self.config.seed))
         start = None
-        if self.family.start_params is not None:
-            start = self.family.start_params(self.config)  # fine-tuning: trained weights (host arrays)
+        init_from = str(self.config.get("init_from", "") or "")
+        if init_from:  # fine-tuning: start from trained weights (host arrays)
+            if self.family.start_params is None:
+                raise NstError(f"config.init_from: the {self.family.name} family cannot start from trained "
+                               f"weights")
+            from nst_jax.models.pretrained import load_base
+
+            family_name, base = load_base(init_from)
+            if family_name != self.family.name:
+                raise NstError(f"config.init_from: {init_from} is a {family_name} model, not "
+                               f"{self.family.name}")
+            start = self.family.start_params(self.config, base)
         if start is None:
             # One program: eager jax.random calls would compile one small program per parameter shape.
             init = jax.jit(partial(init_state, tx=self.tx, init_params=self.family.init_params,

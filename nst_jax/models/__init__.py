@@ -28,7 +28,8 @@ Training (the family-neutral loop in `nst_jax.train`):
 - `loss_fn(params, frozen, batch, static) -> (loss, metrics)`: pure; the loop jits one step with donation.
 - `sample(params, frozen, samples, static) -> images`: rows of the sample grids.
 - `trainable_mask(params, config) -> tree of bool arrays | None`: only True elements change (fine-tuning).
-- `start_params(config) -> Params | None`: trained parameters to start from (fine-tuning, `config.init_from`).
+- `start_params(config, base) -> Params`: the parameters fine-tuning starts from, given the trained `base` the
+  loop loaded for `config.init_from` (`nst_jax.models.pretrained`).
 - `validate_config(config)`: family-specific checks, errors naming `config.<key>`.
 
 Parameters are plain pytrees throughout (no NNX modules): frozen ported weights are arrays passed in, trainable

@@ -1051,24 +1051,9 @@ def _grow(params: Mapping[str, Any], k: int) -> dict:
     return walk(params)
 
 
-def start_params(config: Any) -> Params | None:
-    """The trained network fine-tuning starts from (`config.init_from`), its tables grown by K rows; None for a
-    fresh run."""
-    from nst_jax.errors import NstError
-
-    init_from = str(_cfg(config, "init_from", "") or "")
-    if not init_from:
-        return None
-    if init_from == "multistyle26":
-        from nst_jax.weights.cin_ports import load_multistyle26
-
-        base, _ = load_multistyle26()
-    else:
-        from nst_jax.models.trained import load_trained
-
-        family, base, _ = load_trained(init_from)
-        if family.name != NAME:
-            raise NstError(f"config.init_from: {init_from} holds a {family.name} model, not cin")
+def start_params(config: Any, base: Params) -> Params:
+    """The network fine-tuning starts from: `base` (the trained `config.init_from`, loaded by the loop through
+    `nst_jax.models.pretrained`) with its tables grown by K = `config.cin.num_styles` rows."""
     grown = _grow(base, int(config.cin.num_styles))
     check_params(grown, train_spec(config), "fine-tuning start")
     return grown
