@@ -103,7 +103,7 @@ def main() -> None:
                 return np.asarray(f(params, x, w))
 
             def onnx(x_nchw=x_nchw, w=w):
-                return [sess.run(None, {"image": xi, "style_weights": wi})[0] for xi, wi in zip(x_nchw, w)]
+                return [sess.run(None, {"image": xi, "style_weights": wi})[0] for xi, wi in zip(x_nchw, w, strict=True)]
 
             fns = {"ours": ours, "onnxruntime": onnx}
             if not args.no_plain:

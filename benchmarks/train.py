@@ -91,10 +91,10 @@ def worker_ours(b: int, s: int) -> None:
     from nst_jax.runtime import tune_allocator
 
     tune_allocator()
+    import dataclasses
+
     import jax
     import jax.numpy as jnp
-
-    import dataclasses
 
     from configs import adain as adain_config
     from nst_jax import train, vgg

@@ -33,16 +33,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import color
+from nst_jax import color, models
 from nst_jax.checks import normalise_weights
 from nst_jax.errors import NstError, WeightsError
 from nst_jax.files import array_digest
 from nst_jax.image import masks_to_grid
-from nst_jax import models
 from nst_jax.models import adain
 from nst_jax.models.decoder import check_decoder_params
 from nst_jax.typing import Array
-from nst_jax.vgg import SPECS, VGGSpec, check_vgg_params, expected_shapes
+from nst_jax.vgg import VGGSpec, check_vgg_params, expected_shapes
 
 ColorMode = Literal["luminance", "histogram"]
 COLOR_MODES = ("luminance", "histogram")

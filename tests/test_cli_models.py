@@ -93,7 +93,8 @@ def test_arbitrary_model_any_size_strength_and_bad_style(pictures, tmp_path, cap
     w, h = Image.open(c).size
     assert _read(full).shape == _read(zero).shape == (h, w, 3)
     assert np.abs(_read(full) - _read(zero)).mean() > 0.02  # strength 0 is the content's own look
-    _one_line_error(capsys, ["stylize", c, "--model", "magenta-arbitrary", "--style", "4", "-o", str(tmp_path / "x.png")],
+    _one_line_error(capsys, ["stylize", c, "--model", "magenta-arbitrary", "--style", "4",
+                             "-o", str(tmp_path / "x.png")],
                     "takes style images")
 
 

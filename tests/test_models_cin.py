@@ -147,7 +147,7 @@ def test_multistyle26_matches_onnxruntime_on_photos(ms26, size):
     ours = np.asarray(_apply(params, photos, weights, spec))
     assert ours.shape == photos.shape
     worst = 0.0
-    for img, w, got in zip(photos, weights, ours):
+    for img, w, got in zip(photos, weights, ours, strict=True):
         ref = _ort_stylize(sess, img, w)
         worst = max(worst, float(np.abs(got - ref).max()))
     assert worst <= 1e-4, worst
@@ -270,7 +270,7 @@ def test_norm_stats_round_trip_and_replace(tiny_params):
     assert stats["expand"]["2"]["var"].shape == (1, 1, 1, 3)
     assert len(jax.tree.leaves(stats)) == 2 * len(cin.layers(TINY))
     plain, plain_stats = _apply(tiny_params, x, w, TINY, return_stats=True, impl="plain")
-    for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(plain_stats)):
+    for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(plain_stats), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
     again = _apply(tiny_params, x, w, TINY, norm_stats=stats)
     np.testing.assert_allclose(np.asarray(again), np.asarray(y), atol=2e-6)

@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 from nst_jax import models
+from nst_jax.checks import normalise_weights
 from nst_jax.errors import ImageError, NstError
 from nst_jax.models import Caps
 from nst_jax.serve import codec, protocol
@@ -32,7 +33,6 @@ from nst_jax.serve.cli import main as serve_main
 from nst_jax.serve.cli import random_stylizer
 from nst_jax.serve.settings import Settings, parse_settings, postprocess
 from nst_jax.serve.styles import StyleLibrary, builtin_patterns, fill_library, fill_table
-from nst_jax.checks import normalise_weights
 from nst_jax.serve.testing import ServerThread, StalledClient, jpeg
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -178,7 +178,8 @@ def test_strength_zero_returns_the_statistics_bit_for_bit(rng):
         assert np.array_equal(bits(x), bits(y))
     smoother = T.StatSmoother(0.0)
     out = smoother(stats)
-    assert all(np.array_equal(bits(x), bits(y)) for x, y in zip(jax.tree.leaves(out), jax.tree.leaves(stats)))
+    assert all(np.array_equal(bits(x), bits(y))
+               for x, y in zip(jax.tree.leaves(out), jax.tree.leaves(stats), strict=True))
 
 
 def test_smoothing_is_an_ema_that_batches_and_pads_consistently(rng):

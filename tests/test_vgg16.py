@@ -234,7 +234,7 @@ def test_hed_backbone_matches_keras_on_the_real_file(keras):
             for blk in (self.block1, self.block2, self.block3, self.block4, self.block5):
                 x = blk(x)
                 feats.append(x)
-            sides = [d(f) for d, f in zip((self.dsn1, self.dsn2, self.dsn3, self.dsn4, self.dsn5), feats)]
+            sides = [d(f) for d, f in zip((self.dsn1, self.dsn2, self.dsn3, self.dsn4, self.dsn5), feats, strict=True)]
             full = keras.ops.shape(sides[0])[1:3]
             sides = [sides[0]] + [keras.ops.image.resize(s, full) for s in sides[1:]]
             return feats, self.fuse(keras.ops.concatenate(sides, axis=-1))

@@ -315,7 +315,6 @@ def run(args: argparse.Namespace) -> int:
 
     from nst_jax.image import load_image, load_mask, save_image
     from nst_jax.runtime import tune_allocator
-    from nst_jax.stylize import Stylizer
 
     tune_allocator()
     # Decode every input once before loading weights or writing anything, so a bad file stops the run early.

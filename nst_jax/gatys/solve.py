@@ -201,7 +201,8 @@ def _float_terms(terms: Mapping[str, Array]) -> dict[str, float]:
 
 
 def stylize(content: Any, styles: Sequence[Any], params: Params, spec: vgg.VGGSpec,
-            config: GatysConfig = GatysConfig(), *, style_blend: Sequence[float] | None = None,
+            config: GatysConfig = GatysConfig(), *,  # noqa: B008 - a frozen dataclass
+            style_blend: Sequence[float] | None = None,
             masks: Sequence[Any] | None = None, style_masks: Sequence[Any | None] | None = None,
             init_image: Any | None = None, callback: Callable[[GatysStep], None] | None = None,
             save_every: int | None = None, progress: bool = False) -> GatysResult:

@@ -314,7 +314,7 @@ def init_params(key: Array, config: Any) -> Params:
     tree: dict[str, Any] = {}
     ls = layers(spec)
     keys = jax.random.split(key, len(ls))
-    for k, layer in zip(keys, ls):
+    for k, layer in zip(keys, ls, strict=True):
         fan_in = layer.kernel * layer.kernel * layer.cin
         shape = (layer.kernel, layer.kernel, layer.cin, layer.cout)
         entry: dict[str, Any] = {"kernel": jax.random.normal(k, shape, jnp.float32) * math.sqrt(2.0 / fan_in)}
@@ -567,7 +567,7 @@ def apply(params: Mapping[str, Any], x: Array, weights: Array, spec: Transformer
     ls = layers(spec)
     phased = False  # h holds the four phases of the map
     skip = None
-    for i, layer in enumerate(ls):
+    for layer in ls:
         p = _get(params, layer.path)
         kernel, bias = p["kernel"], p.get("bias") if spec.conv_bias else None
         if layer.path[0] == "residual" and layer.path[2] == "0":
