@@ -8,11 +8,14 @@ delivered in total and per client, latency (frame sent -> stylized frame receive
 model call and the model's time per call; and, for context, the model alone (`stylize_conditions` at batch 1 and
 at --max-batch).
 
-The weights are random unless --vgg/--decoder are given: the network, and so the cost, is AdaIN's either way.
+The model is AdaIN on random weights unless --vgg/--decoder are given (the cost is AdaIN's either way), or any
+model `serve.py --model` takes (`multistyle26`: its table is the gallery; `magenta-arbitrary`: built-in patterns
+as styles).
 
     python benchmarks/serve.py                          # 256x256, W 1 and 2, 1 and 4 clients, 15 s each
     python benchmarks/serve.py --clients 4 --windows 1 --max-batch 4     # batching on the CPU
     python benchmarks/serve.py --clients 1 2 4 8 --seconds 30 --max-batch 8
+    python benchmarks/serve.py --model multistyle26 --clients 1     # the CIN network, real weights
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--windows", type=int, nargs="+", default=[1, 2],
                    help="frames in flight per client (the page keeps 1, or 2 when model calls take < 30 ms; "
                         "default 1 2)")
+    p.add_argument("--model", help="a model as serve.py --model takes it (default: AdaIN)")
     p.add_argument("--vgg", help="VGG19 weights (default: random weights, same cost)")
     p.add_argument("--decoder", help="AdaIN decoder (default: random weights, same cost)")
     p.add_argument("--allocator", choices=("tuned", "default"), default="tuned",
@@ -139,13 +143,17 @@ def main() -> None:
     from nst_jax.serve.app import LiveServer, ServerConfig
     from nst_jax.serve.batcher import stack_conditions
     from nst_jax.serve.cli import random_stylizer
-    from nst_jax.serve.styles import StyleLibrary, builtin_patterns, fill_library
+    from nst_jax.serve.styles import StyleLibrary, builtin_patterns, fill_library, fill_table
     from nst_jax.serve.testing import ServerThread, jpeg
 
     print(machine_note())
     print(allocator_note())
-    if args.vgg or args.decoder:
-        from nst_jax.stylize import Stylizer
+    from nst_jax.stylize import Stylizer
+
+    if args.model:
+        model = Stylizer.load_model(args.model)
+        weights = f"model {args.model} ({model.family.name})"
+    elif args.vgg or args.decoder:
 
         model = Stylizer.load(vgg=args.vgg, decoder=args.decoder)
         weights = "given weights"
@@ -153,7 +161,10 @@ def main() -> None:
         model = random_stylizer(0)
         weights = "random weights (AdaIN's network)"
     library = StyleLibrary()
-    fill_library(library, [(n, "builtin", img) for n, img in builtin_patterns(256)], model.condition)
+    if model.caps.style_table:
+        fill_table(library, model, args.size)
+    else:
+        fill_library(library, [(n, "builtin", img) for n, img in builtin_patterns(256)], model.condition)
     from nst_jax.serve.cli import default_max_batch
 
     args.max_batch = default_max_batch(args.max_batch)
