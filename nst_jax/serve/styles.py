@@ -193,12 +193,12 @@ def fill_table(library: StyleLibrary, model: Any, size: int,
     Args:
       library: where the styles go.
       model: has `num_styles`, `condition` and `stylize_conditions`; and `style_names` if its styles have
-        names (else they are called "style 1", "style 2", ...).
+        names (else "style 0", "style 1", ...: the indices `nst-jax stylize --style` takes).
       size: side of the thumbnails' source picture.
       progress: wraps the list of styles (e.g. a progress bar).
     """
     n = int(model.num_styles)
-    names = [str(x) for x in getattr(model, "style_names", None) or [f"style {i + 1}" for i in range(n)]]
+    names = [str(x) for x in getattr(model, "style_names", None) or [f"style {i}" for i in range(n)]]
     if len(names) != n:
         raise ValueError(f"the model has {n} styles but {len(names)} style names")
     probe = dict(builtin_patterns(size))["rings"]
