@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -168,8 +169,13 @@ def main() -> None:
         t = interleave({f"{size}": fn}, args.size_repeats, warmup=1, cpu_times=cpu)[f"{size}"]
         gf = transformer_flops(size, size) / 1e9
         med = statistics.median(t)
+        # XLA's own accounting of the compiled call: its temporaries plus arguments and outputs.
+        mem = transform.lower(params, x, vector).compile().memory_analysis()
+        buffers = (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes) / 2**20
+        peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
         print(f"{size:5d} px: median {med * 1e3:8.1f} ms (min {min(t) * 1e3:.1f}), CPU "
-              f"{statistics.median(cpu[str(size)]):.2f} s, {gf:.1f} GFLOP -> {gf / med:.0f} GFLOP/s")
+              f"{statistics.median(cpu[str(size)]):.2f} s, {gf:.1f} GFLOP -> {gf / med:.0f} GFLOP/s; "
+              f"XLA buffers {buffers:.0f} MiB, process peak RSS so far {peak_rss:.0f} MiB")
 
     t = results["predictor"]
     print(f"\npredictor ratio (ours / onnxruntime float copy, 256 px): "
