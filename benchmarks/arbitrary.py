@@ -72,6 +72,20 @@ def predictor_flops(h: int, w: int) -> float:
     return f
 
 
+def export_sessions(params, session, tmp: Path) -> dict:
+    """onnxruntime sessions on nst-jax's own float ONNX export (`nst_jax.export`, NHWC like the files):
+    {"transform export": style vector (1, 100) as input, "predict export"}."""
+    from nst_jax.export.families import arbitrary_predict_graph, arbitrary_transform_graph
+
+    out = {}
+    for name, graph in (("transform export", arbitrary_transform_graph(params, layout="NHWC")),
+                        ("predict export", arbitrary_predict_graph(params, layout="NHWC"))):
+        path = tmp / (name.replace(" ", "_") + ".onnx")
+        path.write_bytes(graph.model({}).SerializeToString())
+        out[name] = session(path)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15, help="timed rounds of the 384 px comparison")
@@ -115,6 +129,7 @@ def main() -> None:
     sessions = {"predict int8": session(predict_path), "predict float": session(tmp / "predict_float.onnx"),
                 "transform int8": session(transform_path),
                 "transform float": session(tmp / "transform_float.onnx")}
+    sessions.update(export_sessions(params, session, tmp))
 
     style = picture("immunohistochemistry", (256, 256))
     content = picture("astronaut", (384, 384))
@@ -133,7 +148,8 @@ def main() -> None:
     v4 = vector.reshape(1, 1, 1, A.BOTTLENECK)
     fns = {"ours": lambda: transform(params, content, vector).block_until_ready(),
            "onnxruntime float": ort_fn("transform float", (content, v4)),
-           "onnxruntime int8": ort_fn("transform int8", (content, v4))}
+           "onnxruntime int8": ort_fn("transform int8", (content, v4)),
+           "onnxruntime export": ort_fn("transform export", (content, vector))}
     diff = np.abs(np.asarray(fns["ours"]()) - fns["onnxruntime float"]()).max()
     cpu: dict[str, list[float]] = {}
     times = interleave(fns, args.repeats, warmup=2, budget_s=args.budget_s, cpu_times=cpu)
@@ -148,7 +164,8 @@ def main() -> None:
     # -- predictor at 256 -------------------------------------------------------------------------------
     fns = {"ours": lambda: predict(params, style).block_until_ready(),
            "onnxruntime float": ort_fn("predict float", (style,)),
-           "onnxruntime int8": ort_fn("predict int8", (style,))}
+           "onnxruntime int8": ort_fn("predict int8", (style,)),
+           "onnxruntime export": ort_fn("predict export", (style,))}
     ref = fns["onnxruntime float"]().reshape(1, -1)
     rel = np.linalg.norm(np.asarray(fns["ours"]()) - ref) / np.linalg.norm(ref)
     cpu = {}
@@ -181,7 +198,12 @@ def main() -> None:
     print(f"\npredictor ratio (ours / onnxruntime float copy, 256 px): "
           f"{paired_ratio(t, 'ours', 'onnxruntime float'):.3f}; "
           f"ours / int8 {paired_ratio(t, 'ours', 'onnxruntime int8'):.3f}")
+    print(f"predictor export / float copy (both onnxruntime): "
+          f"{paired_ratio(t, 'onnxruntime export', 'onnxruntime float'):.3f}")
     t = results["transformer"]
+    print(f"transformer export / float copy, export / int8 (both onnxruntime, 384 px): "
+          f"{paired_ratio(t, 'onnxruntime export', 'onnxruntime float'):.3f}, "
+          f"{paired_ratio(t, 'onnxruntime export', 'onnxruntime int8'):.3f}")
     print(f"transformer ours / onnxruntime int8 (384 px): {paired_ratio(t, 'ours', 'onnxruntime int8'):.3f}")
     print(f"median ratio (nst-jax / onnxruntime float copy, transformer 384 px): "
           f"{paired_ratio(t, 'ours', 'onnxruntime float'):.3f}")

@@ -42,6 +42,16 @@ from benchmarks.common import (  # noqa: E402
 )
 
 
+def export_session(params, spec, options):
+    """onnxruntime on nst-jax's own ONNX export (`nst_jax.export`) of the same network, style weights as input."""
+    import onnxruntime as ort
+
+    from nst_jax.export.families import cin_graph
+
+    model = cin_graph(params, spec).model({})
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
@@ -83,6 +93,7 @@ def main() -> None:
     so.intra_op_num_threads = args.threads
     so.inter_op_num_threads = 1
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    exported = export_session(params, spec, so)
 
     print(machine_note())
     print(allocator_note() + (" + nst_jax.runtime.tune_allocator() (one arena)" if tuned else ""))
@@ -105,7 +116,11 @@ def main() -> None:
             def onnx(x_nchw=x_nchw, w=w):
                 return [sess.run(None, {"image": xi, "style_weights": wi})[0] for xi, wi in zip(x_nchw, w, strict=True)]
 
-            fns = {"ours": ours, "onnxruntime": onnx}
+            def ours_onnx(x_nchw=x_nchw, w=w):
+                return [exported.run(None, {"image": xi, "style_weights": wi[None]})[0]
+                        for xi, wi in zip(x_nchw, w, strict=True)]
+
+            fns = {"ours": ours, "onnxruntime": onnx, "onnxruntime export": ours_onnx}
             if not args.no_plain:
                 fns["ours plain"] = lambda x=x, w=w: np.asarray(plain(params, x, w))
             t0 = time.perf_counter()
@@ -125,6 +140,8 @@ def main() -> None:
                 f"{k} {statistics.median(v):.3f}" for k, v in cpu.items()))
             print("achieved: " + ", ".join(f"{k} {gf / v:.0f} GFLOP/s" for k, v in med.items()))
             line = f"ratio ours/onnxruntime {paired_ratio(times, 'ours', 'onnxruntime'):.3f}"
+            line += ("; export/original (both onnxruntime) "
+                     f"{paired_ratio(times, 'onnxruntime export', 'onnxruntime'):.3f}")
             if "ours plain" in times:
                 line += f"; ours/ours plain {paired_ratio(times, 'ours', 'ours plain'):.3f}"
             if batch == 1:

@@ -1,4 +1,4 @@
-"""The `nst-jax` command line: stylize | sheet | video | gatys | convert | download | info.
+"""The `nst-jax` command line: stylize | sheet | video | gatys | export | convert | download | info.
 
 Each subcommand lives in `nst_jax.commands.<module>` and exposes `register(subparsers)`, which adds its parser and
 sets `func` (called with the parsed namespace, returning an exit code). Heavy imports (jax) happen inside `func`, so
@@ -16,7 +16,7 @@ from nst_jax import __version__
 from nst_jax.errors import NstError
 
 # Subcommand modules, in the order `--help` lists them.
-COMMAND_MODULES = ("stylize", "sheet", "video", "gatys", "weights")
+COMMAND_MODULES = ("stylize", "sheet", "video", "gatys", "export", "weights")
 
 
 def build_parser() -> argparse.ArgumentParser:

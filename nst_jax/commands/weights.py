@@ -34,7 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "info", help="list known weights, cached files, sizes and hash status",
-        description="List the registry (names, URLs, published hashes) and what is in the cache.")
+        description="List the registry (names, URLs, published hashes) and what is in the cache; with FILE.onnx, "
+                    "the input convention of an exported model (nst-jax export).")
+    p.add_argument("file", nargs="?", metavar="FILE.onnx", help="an exported model to describe")
     p.add_argument("--verify", action="store_true", help="re-hash cached files against the published digests")
     p.set_defaults(func=run_info)
 
@@ -80,7 +82,11 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    """Print the registry with cache status, then any other files in the cache."""
+    """Print the registry with cache status, then any other files in the cache (or describe FILE.onnx)."""
+    if getattr(args, "file", None):
+        from nst_jax.export.info import print_onnx_info
+
+        return print_onnx_info(args.file)
     from nst_jax.weights.download import weights_dir
     from nst_jax.weights.ports import cache_status
     from nst_jax.weights.registry import REGISTRY

@@ -1,0 +1,53 @@
+"""`nst-jax info FILE.onnx`: the input convention of an exported model (or what is known of any ONNX file)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def _shape(shape: tuple | None) -> str:
+    if shape is None:
+        return "(?)"
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+def print_onnx_info(path: str | Path) -> int:
+    """Print layout, colour, range, inputs, outputs, opset and style of an `.onnx` file; returns 0.
+
+    Raises:
+      WeightsError: missing, unreadable or not ONNX (one line).
+    """
+    from nst_jax.export import read_convention
+
+    info = read_convention(path)
+    meta = info["metadata"]
+    opsets = ", ".join(f"{d or 'ai.onnx'} {v}" for d, v in info["opset"].items())
+    print(f"{path}: ONNX, opset {opsets}, producer {info['producer'] or '?'}")
+    if "layout" in meta:
+        print(f"  family:     {meta.get('family', '?')} ({meta.get('role', 'stylizer')})")
+        print(f"  convention: layout {meta['layout']}, {meta.get('color', 'RGB')} in {meta.get('range', '?')}, "
+              f"{meta.get('dtype', 'float32')}")
+        print(f"  style:      {meta.get('style', '?')}")
+        if "style_encoder" in meta:
+            print(f"  style encoder: {meta['style_encoder']} (beside this file)")
+        if "style_preprocess" in meta:
+            print(f"  style preprocessing: {meta['style_preprocess']}")
+    else:
+        print("  convention: not recorded (not exported by nst-jax)")
+    described = {}
+    for key in ("inputs", "outputs"):
+        try:
+            described.update(json.loads(meta.get(key, "{}")))
+        except ValueError:
+            pass
+    for what, values in (("input", info["inputs"]), ("output", info["outputs"])):
+        for name, dtype, shape in values:
+            note = f": {described[name]}" if name in described else ""
+            print(f"  {what}:  {name} {dtype or '?'} {_shape(shape)}{note}")
+    sys.stdout.flush()
+    return 0
+
+
+__all__ = ["print_onnx_info"]
