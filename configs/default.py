@@ -39,6 +39,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.style_layers = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
     c.style_layer_weights = (1.0, 1.0, 1.0, 1.0)
     c.dtype = "float32"            # compute dtype of the networks: "float32" or "bfloat16" (GPU/TPU)
+    # a random small shift/rotation/noise of the content must give the same shift of the output (Gupta et al.
+    # 2017, ReCoNet 2018; nst_jax.stability); 0 = off. One more encoder + decoder pass per step when on.
+    c.stability_weight = 0.0
+    c.stability_shift = 2.0        # largest translation, pixels
+    c.stability_rotate = 0.0       # largest rotation, degrees
+    c.stability_noise = 0.0        # standard deviation of Gaussian noise added to the shifted content
 
     # --- optimisation
     c.num_steps = 160_000

@@ -899,6 +899,169 @@ def adain_region_render(decoder_params: Any, f: Array, masks: Array, content_sta
 
 
 # ----------------------------------------------------------------------------------------------------
+# Instance-norm networks (CIN, arbitrary) with given normalisation statistics
+#
+# Two passes per frame: the network's own pass gives every layer's per-frame statistics (and the per-frame
+# output, the report's reference, for free); the second runs with the smoothed statistics in place of each
+# layer's own. The hooks are `cin.apply(norm_stats=, return_stats=)` and `arbitrary.transform(...)`; a single
+# pass would need a per-layer hook (smoothing each layer's statistics as the pass reaches it).
+
+
+def cin_stats_forward(params: Any, content: Array, condition: Any, masks: Array | None, alpha: Array,
+                      norm_stats: Any, spec: Any) -> tuple[Array, Any]:
+    """CIN's stylization (`cin.stylize` / `cin.stylize_masked`) with optional replacement statistics.
+
+    Args:
+      params: the network; spec: its `TransformerSpec` (static).
+      content: (N, H, W, 3) in [0, 1].
+      condition: {"weights": (N, S)}, or with `masks` {"weights": (N, K, S)}.
+      masks: None, or (N, H, W, K) per-pixel weights of the K conditions.
+      alpha: (N,): the output is alpha * stylized + (1 - alpha) * content.
+      norm_stats: None (each frame's own statistics) or a tree as `return_stats` gives.
+
+    Returns:
+      (images (N, H, W, 3) float32, the per-layer statistics the pass computed: {path: {"mean", "var"}}).
+    """
+    from nst_jax.models import cin
+
+    w = jnp.asarray(condition["weights"], jnp.float32)
+    if masks is not None:
+        w = jnp.einsum("nhwk,nks->nhws", jnp.asarray(masks, jnp.float32), w)
+    y, stats = cin.apply(params, content, w, spec, norm_stats=norm_stats, return_stats=True)
+    a = jnp.asarray(alpha, jnp.float32).reshape(-1, 1, 1, 1)
+    return y * a + content * (1.0 - a), stats
+
+
+def arbitrary_stats_forward(params: Any, content: Array, condition: Any, masks: Array | None, alpha: Array,
+                            norm_stats: Any, frozen: Any = None, static: Any = None) -> tuple[Array, Any]:
+    """The arbitrary network's stylization (`arbitrary.stylize` / `stylize_masked`) with optional replacement
+    statistics.
+
+    Args:
+      params: the model tree.
+      content: (N, H, W, 3) in [0, 1].
+      condition: {"vector": (N, 100)}, or with `masks` {"vector": (N, K, 100)}.
+      masks: None, or (N, H, W, K) per-pixel weights (normalised as `arbitrary.stylize_masked` does: the
+        uncovered rest goes to the content's own vector).
+      alpha: (N,) strengths (1: the style's vector, 0: the content's own).
+      norm_stats: None (each frame's own moments) or {layer: (mean, var)} as `return_stats` gives.
+      frozen, static: the family's frozen arrays and static identity (the content's own vector, for alpha < 1,
+        is the family's `condition` of the content, as in `arbitrary.stylize`).
+
+    Returns:
+      (images (N, H, W, 3) float32, {layer: (mean, var)} the moments each layer used).
+    """
+    from nst_jax.models import arbitrary
+
+    def own_vector() -> Array:
+        return arbitrary.condition(params, frozen, content, static)["vector"]
+
+    v = jnp.asarray(condition["vector"], jnp.float32)
+    a = jnp.asarray(alpha, jnp.float32).reshape(-1)
+    if masks is None:
+        vectors = jax.lax.cond(jnp.all(a == 1.0), lambda: v, lambda: arbitrary.mix_strength(v, own_vector(), a))
+        return arbitrary.transform(params, content, vectors, norm_stats=norm_stats, return_stats=True)
+    own = jnp.broadcast_to(own_vector(), (v.shape[0], v.shape[-1]))
+    vectors = arbitrary.mix_strength(v, own, a)
+    m = jnp.asarray(masks, jnp.float32)
+    cover = jnp.sum(m, axis=-1, keepdims=True)
+    weights = jnp.concatenate([m / jnp.maximum(cover, 1.0), jnp.maximum(1.0 - cover, 0.0)], axis=-1)
+    vectors = jnp.concatenate([vectors, own[:, None, :]], axis=1)
+    return arbitrary.transform(params, content, vectors, masks=weights, norm_stats=norm_stats,
+                               return_stats=True)
+
+
+class StatForward:
+    """Any `Stylizer`'s stylization split at its normalisation statistics: `analyse`, then `render` with given
+    (e.g. smoothed) statistics. Unmasked conditions with a leading axis N, alpha (N,).
+
+    AdaIN: `analyse` encodes (relu4_1 features and their mean/var), `render` decodes (one pass in all). CIN and
+    the arbitrary network: `analyse` is the network's own pass (its output is the per-frame result), `render` a
+    second pass with the given statistics in every instance norm.
+
+    Args:
+      stylizer: a `nst_jax.stylize.Stylizer` of the adain, cin or arbitrary family.
+
+    Raises:
+      NstError: another family.
+    """
+
+    FAMILIES = ("adain", "cin", "arbitrary")
+
+    def __init__(self, stylizer: Any):
+        name = stylizer.family.name
+        if name not in self.FAMILIES:
+            raise NstError(f"statistic smoothing is not available for a {name} model")
+        self.st = stylizer
+        self.name = name
+        self._progs = _stat_programs()
+
+    def analyse(self, content: Any, condition: Any, alpha: Any) -> tuple[Any, Any]:
+        """(what `render` needs, the frames' own statistics: a pytree with leading axis N)."""
+        st, p = self.st, self._progs
+        x = jnp.asarray(content, st.dtype)
+        if self.name == "adain":
+            f, own = p.analyse(st.vgg, x, spec=st.spec)
+            return (x, f), own
+        a = jnp.asarray(alpha, jnp.float32)
+        if self.name == "cin":
+            out, own = p.cin(st.params, x, condition, None, a, None, spec=st.static)
+        else:
+            out, own = p.arbitrary(st.params, x, condition, None, a, None, st.frozen, static=st.static)
+        return (x, out), own
+
+    def render(self, aux: Any, condition: Any, alpha: Any, stats: Any) -> Array:
+        """(N, H, W, 3) float32 in [0, 1] with `stats` in place of the frames' own."""
+        st, p = self.st, self._progs
+        x, f = aux
+        a = jnp.asarray(alpha, jnp.float32)
+        if self.name == "adain":
+            mean = jnp.asarray(condition["mean"], jnp.float32)
+            std = jnp.asarray(condition["std"], jnp.float32)
+            return p.render(st.decoder, f, stats, mean, std, a, height=x.shape[1], width=x.shape[2])
+        if self.name == "cin":
+            return p.cin(st.params, x, condition, None, a, stats, spec=st.static)[0]
+        return p.arbitrary(st.params, x, condition, None, a, stats, st.frozen, static=st.static)[0]
+
+
+_STAT_PROGRAMS: dict[str, Any] = {}
+
+
+def _stat_programs() -> Any:
+    """The jitted pieces of `StatForward` (one set per process)."""
+    if not _STAT_PROGRAMS:
+        _STAT_PROGRAMS.update(
+            analyse=jax.jit(adain_analyse, static_argnames="spec"),
+            render=jax.jit(adain_render, static_argnames=("height", "width")),
+            cin=jax.jit(cin_stats_forward, static_argnames="spec"),
+            arbitrary=jax.jit(arbitrary_stats_forward, static_argnames="static"))
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**_STAT_PROGRAMS)
+
+
+_SMOOTH_STEP = jax.jit(smooth_step)
+
+
+def smooth_frame(state: SmoothState | None, stats: Any, strength: float, cut_ratio: float = CUT_RATIO
+                 ) -> tuple[Any, SmoothState]:
+    """One frame of one stream (e.g. one client of the live page): `smooth_step` without a batch axis.
+
+    Args:
+      state: the stream's state, or None for its first frame.
+      stats: the frame's statistics (leaves without a leading axis).
+      strength, cut_ratio: as `smooth_step`.
+
+    Returns:
+      (the smoothed statistics, the new state).
+    """
+    if state is None:
+        state = init_state(stats, batched=False)
+    out, state, _ = _SMOOTH_STEP(state, stats, np.float32(strength), np.float32(cut_ratio), True)
+    return out, state
+
+
+# ----------------------------------------------------------------------------------------------------
 # Flow-guided blending
 
 
@@ -1007,9 +1170,9 @@ def describe(report: dict[str, Any]) -> str:
 
 __all__ = [
     "CUT_RATIO", "DEFAULT_STRENGTH", "PRESETS", "FlickerMeter", "FlowBlender", "MeanVar", "Motion",
-    "SmoothState", "StatSmoother", "SyntheticClip", "adain_analyse", "adain_region_analyse",
-    "adain_region_render", "adain_render", "blend_weight", "clip_flows", "cut_score", "describe", "dis_flow",
-    "endpoint_error", "flicker_report", "flow_blend", "init_state", "occlusion_mask", "pair_warping_error",
-    "smooth_sequence", "smooth_step", "ssim", "stat_pairs", "synthetic_clip", "valid_mask", "warp",
-    "warping_error",
+    "SmoothState", "StatForward", "StatSmoother", "SyntheticClip", "adain_analyse", "adain_region_analyse",
+    "adain_region_render", "adain_render", "arbitrary_stats_forward", "blend_weight", "cin_stats_forward",
+    "clip_flows", "cut_score", "describe", "dis_flow", "endpoint_error", "flicker_report", "flow_blend",
+    "init_state", "occlusion_mask", "pair_warping_error", "smooth_frame", "smooth_sequence", "smooth_step",
+    "ssim", "stat_pairs", "synthetic_clip", "valid_mask", "warp", "warping_error",
 ]

@@ -40,29 +40,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "encoder and decoder are used from the cache (downloaded once).", width=88),
         epilog=EXAMPLES)
     p.add_argument("content", nargs="+", metavar="CONTENT", help="content image files or folders of images")
+    add_style_options(p, "content")
+    p.add_argument("--crop", action="store_true",
+                   help="centre-crop contents and styles to N x N after resizing")
+    o = p.add_argument_group("output")
+    o.add_argument("-o", "--output", metavar="OUT", help="output file, when there is exactly one output")
+    o.add_argument("--out-dir", metavar="DIR", help="output folder (default: ./output)")
+    o.add_argument("--ext", default="png", metavar="EXT",
+                   help="output file type for --out-dir: png (default, lossless) or jpg")
+    o.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(func=run)
+
+
+def add_style_options(p: argparse.ArgumentParser, subject: str = "content") -> None:
+    """The style options `nst-jax stylize` and `nst-jax video` share (one copy of each flag and its help).
+
+    Args:
+      p: the subcommand's parser.
+      subject: what is stylized, for the help texts ("content" or "video").
+    """
     p.add_argument("-s", "--style", action="append", required=True, metavar="STYLE",
-                   help="style image file or folder (repeat for several styles); with a model of a fixed table "
-                        "of styles (CIN), the style's index")
+                   help=("style image file or folder" if subject == "content" else "style image file")
+                        + " (repeat for several styles); with a model of a fixed table of styles (CIN), the "
+                          "style's index")
     p.add_argument("--model", metavar="MODEL",
                    help="the network: adain (default: the weight options below), multistyle26, "
                         "magenta-arbitrary, a CIN .onnx, a fast_neural_style .pth, or a training folder")
     p.add_argument("--style-weights", metavar="W1,W2,...",
                    help="blend the styles with these weights (floats, normalised to sum to 1)")
     p.add_argument("--alpha", type=float, default=1.0,
-                   help="stylization strength: 1 = full style, 0 = the content (default 1)")
+                   help=f"stylization strength: 1 = full style, 0 = the {subject} (default 1)")
     p.add_argument("--preserve-color", choices=COLOR_MODES,
-                   help="keep the content's colours: luminance (stylize, then restore the content's chroma) "
-                        "or histogram (recolour the style image to the content's colours first)")
+                   help=f"keep the {subject}'s colours: luminance (stylize, then restore the {subject}'s chroma) "
+                        f"or histogram (recolour the style image to the {subject}'s colours first"
+                        + ("; a video's first frame" if subject == "video" else "") + ")")
     p.add_argument("--mask", action="append", metavar="MASK",
-                   help="spatial control: one mask image per --style, white where that style goes (or one "
-                        "mask for two styles: white = first, black = second); same aspect ratio as the "
-                        "content")
+                   help=f"spatial control: one mask image per --style, white where that style goes (or one "
+                        f"mask for two styles: white = first, black = second); same aspect ratio as the "
+                        f"{subject}" + (" (a static mask over every frame)" if subject == "video" else ""))
     p.add_argument("--content-size", type=int, default=512, metavar="N",
-                   help="resize contents so the shorter side is N (0 = keep the original size; default 512)")
+                   help=f"resize the {subject} so the shorter side is N (0 = keep the original size; default 512)"
+                        + ("; sides are made even" if subject == "video" else ""))
     p.add_argument("--style-size", type=int, default=512, metavar="N",
                    help="resize styles so the shorter side is N (0 = keep the original size; default 512)")
-    p.add_argument("--crop", action="store_true",
-                   help="centre-crop contents and styles to N x N after resizing")
     w = p.add_argument_group("weights (default: pytorch-AdaIN's released vgg_normalised + decoder)")
     w.add_argument("--vgg", metavar="FILE",
                    help="VGG19 encoder weights (registry name or file); must be the encoder the decoder was "
@@ -71,13 +91,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     dec.add_argument("--decoder", metavar="FILE", help="decoder weights: pytorch-AdaIN decoder.pth or a .npz")
     dec.add_argument("--checkpoint", metavar="DIR",
                      help="a training --workdir (latest step) or checkpoint step directory")
-    o = p.add_argument_group("output")
-    o.add_argument("-o", "--output", metavar="OUT", help="output file, when there is exactly one output")
-    o.add_argument("--out-dir", metavar="DIR", help="output folder (default: ./output)")
-    o.add_argument("--ext", default="png", metavar="EXT",
-                   help="output file type for --out-dir: png (default, lossless) or jpg")
-    o.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.set_defaults(func=run)
 
 
 @dataclass(frozen=True)

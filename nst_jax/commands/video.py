@@ -16,7 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from nst_jax.commands.stylize import COLOR_MODES
+from nst_jax.commands.stylize import add_style_options
 
 EXAMPLES = """\
 examples:
@@ -25,6 +25,9 @@ examples:
   nst-jax video clip.mp4 --style starry.jpg --flow-blend 0.5 --report flicker.json -o out.mp4
   nst-jax video clip.mov --style a.jpg --style b.jpg --style-weights 0.7,0.3 --content-size 256 -o out.mov
   nst-jax video clip.mp4 --style sky.jpg --style ground.jpg --mask sky.png --keep-size -o out.mp4
+  nst-jax video clip.mp4 --model multistyle26 --style 3 -o out.mp4              # Magenta's 26-style CIN
+  nst-jax video clip.mp4 --model multistyle26 --style 3 --style 12 --style-weights 0.5,0.5 -o out.mp4
+  nst-jax video clip.mp4 --model magenta-arbitrary --style starry.jpg --content-size 256 -o out.mp4
 """
 
 
@@ -40,43 +43,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "video", help="stylize a video: flicker-stabilised, timing and audio kept",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.fill(
-            "Stylize every frame of a video with the options of `nst-jax stylize` (AdaIN), smoothing the "
-            "content statistics across frames against flicker (reset at scene cuts), optionally blending "
-            "each frame with the previous output along the optical flow. The source's frame rate (or "
-            "timestamps) and audio are kept (audio needs PyAV: pip install 'nst-jax[video]'). The output "
-            "appears only when complete: an interrupted or failed run leaves no file under its name. "
+            "Stylize every frame of a video with any model and the style options of `nst-jax stylize`, "
+            "smoothing the normalisation statistics across frames against flicker (reset at scene cuts), "
+            "optionally blending each frame with the previous output along the optical flow. The "
+            "source's frame rate (or timestamps) and audio are kept (audio needs PyAV: pip install "
+            "'nst-jax[video]'). The output appears only when complete: an interrupted or failed run "
+            "leaves no file under its name. "
             "--report writes the flicker numbers (warping error, SSIM to the per-frame result) as JSON; "
             "see docs/video.md.", width=88),
         epilog=EXAMPLES)
     p.add_argument("input", metavar="IN", help="video file")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output video (.mp4, .mov, .mkv, .m4v: H.264; .webm: VP9; .avi: MPEG-4)")
-    p.add_argument("-s", "--style", action="append", required=True, metavar="STYLE",
-                   help="style image file (repeat for several: then give --style-weights or --mask)")
-    p.add_argument("--style-weights", metavar="W1,W2,...",
-                   help="blend the styles with these weights (floats, normalised to sum to 1)")
-    p.add_argument("--alpha", type=float, default=1.0,
-                   help="stylization strength: 1 = full style, 0 = the content (default 1)")
-    p.add_argument("--preserve-color", choices=COLOR_MODES,
-                   help="keep the video's colours: luminance (per frame) or histogram (the style images are "
-                        "recoloured once, to the first frame's colours)")
-    p.add_argument("--mask", action="append", metavar="MASK",
-                   help="static spatial control: one mask image per --style over the frame, white where that "
-                        "style goes (or one mask for two styles); the frame's aspect ratio")
-    p.add_argument("--content-size", type=int, default=512, metavar="N",
-                   help="stylize at this shorter side (0 = the video's size; default 512); sides are made even")
-    p.add_argument("--style-size", type=int, default=512, metavar="N",
-                   help="resize styles so the shorter side is N (0 = keep; default 512)")
-    w = p.add_argument_group("weights (default: pytorch-AdaIN's released vgg_normalised + decoder)")
-    w.add_argument("--vgg", metavar="FILE", help="VGG19 encoder weights (registry name or file)")
-    dec = w.add_mutually_exclusive_group()
-    dec.add_argument("--decoder", metavar="FILE", help="decoder weights: pytorch-AdaIN decoder.pth or a .npz")
-    dec.add_argument("--checkpoint", metavar="DIR", help="a training --workdir or checkpoint step directory")
+    add_style_options(p, "video")
     st = p.add_argument_group("stabilisation (see docs/video.md for what each costs and gains)")
-    st.add_argument("--stabilize", type=float, default=DEFAULT_STRENGTH, metavar="S",
+    st.add_argument("--stabilize", type=float, default=None, metavar="S",
                     help=f"statistic smoothing strength in [0, 1): the weight of the past in a moving average "
-                         f"of the content statistics (0 = off, per-frame stylization; default "
-                         f"{DEFAULT_STRENGTH})")
+                         f"of the content statistics (AdaIN's relu4_1; every instance norm of CIN and the "
+                         f"arbitrary network, which costs them a second pass). 0 = off, per-frame "
+                         f"stylization. Default: {DEFAULT_STRENGTH} for AdaIN, 0 for CIN and the arbitrary "
+                         f"network (there smoothing raised the measured flicker: docs/video.md)")
     st.add_argument("--scene-cut", type=float, default=CUT_RATIO, metavar="R",
                     help=f"restart the smoothing where the statistics jump R times more than their typical "
                          f"frame-to-frame change (default {CUT_RATIO})")
@@ -87,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     o.add_argument("--overwrite", action="store_true", help="replace existing output (and report) files")
     o.add_argument("--report", metavar="FILE.json",
                    help="write the flicker report: warping error and SSIM to the per-frame output (costs two "
-                        "optical flows per frame, and a second decoder pass when stabilising)")
+                        "optical flows per frame, and a second decoder pass when stabilising AdaIN)")
     o.add_argument("--keep-size", action="store_true",
                    help="scale the result back to the video's size (default: the stylized size)")
     o.add_argument("--crf", type=int, metavar="Q",
@@ -115,7 +101,7 @@ def plan(args: argparse.Namespace) -> tuple[Any, list[float] | None, str]:
     Returns:
       (the input's `VideoInfo`, style weights or None, mode "single" | "blend" | "mask").
     """
-    from nst_jax.commands.stylize import _parse_weights
+    from nst_jax.commands.stylize import _parse_weights, _style_index
     from nst_jax.errors import ImageError, NstError
     from nst_jax.video import OUTPUT_EXTENSIONS, check_output, probe, resolve_backend
 
@@ -126,7 +112,7 @@ def plan(args: argparse.Namespace) -> tuple[Any, list[float] | None, str]:
             raise NstError(f"{flag} must be >= 0, got {size}")
     if args.batch_size < 1:
         raise NstError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if not 0.0 <= args.stabilize < 1.0:
+    if args.stabilize is not None and not 0.0 <= args.stabilize < 1.0:
         raise NstError(f"--stabilize must be in [0, 1), got {args.stabilize}")
     if not 0.0 <= args.flow_blend < 1.0:
         raise NstError(f"--flow-blend must be in [0, 1), got {args.flow_blend}")
@@ -135,8 +121,13 @@ def plan(args: argparse.Namespace) -> tuple[Any, list[float] | None, str]:
     weights = _parse_weights(args.style_weights)
     if weights is not None and args.mask:
         raise NstError("--style-weights blends styles everywhere and --mask places them: give one or the other")
-    for s in args.style:
-        if not Path(s).is_file():
+    indices = [_style_index(t) for t in args.style]
+    if any(i is not None for i in indices) and not all(i is not None for i in indices):
+        raise NstError("--style mixes style indices and style images; a model takes one or the other")
+    for s, i in zip(args.style, indices, strict=True):
+        if i is None and Path(s).is_dir():
+            raise NstError(f"--style {s} is a folder; a video takes one style (or a blend): list the style files")
+        if i is None and not Path(s).is_file():
             raise ImageError(f"no such style image: {s}")
     n = len(args.style)
     if weights is not None and len(weights) != n:
@@ -169,7 +160,7 @@ def plan(args: argparse.Namespace) -> tuple[Any, list[float] | None, str]:
 
 
 # ----------------------------------------------------------------------------------------------------
-# The model-family part: AdaIN frames, per-frame or with smoothed content statistics.
+# The model-family part: frames per-frame (the Stylizer's own pass) or with smoothed normalisation statistics.
 
 
 FrameFn = Callable[[Any, Any], tuple[Any, Any, Any]]
@@ -177,7 +168,7 @@ FrameFn = Callable[[Any, Any], tuple[Any, Any, Any]]
 
 @functools.cache
 def _programs() -> SimpleNamespace:
-    """The jitted stabilised AdaIN pieces, made once per process (so every run shares compiled programs)."""
+    """The jitted stabilised pieces, made once per process (so every run shares compiled programs)."""
     import jax
 
     from nst_jax import temporal
@@ -186,46 +177,115 @@ def _programs() -> SimpleNamespace:
         analyse=jax.jit(temporal.adain_analyse, static_argnames="spec"),
         render=jax.jit(temporal.adain_render, static_argnames=("height", "width")),
         region_stats=jax.jit(temporal.adain_region_analyse),
-        region_render=jax.jit(temporal.adain_region_render, static_argnames=("height", "width")))
+        region_render=jax.jit(temporal.adain_region_render, static_argnames=("height", "width")),
+        cin=jax.jit(temporal.cin_stats_forward, static_argnames="spec"),
+        arbitrary=jax.jit(temporal.arbitrary_stats_forward, static_argnames="static"))
 
 
-def _adain_frames(args: argparse.Namespace, styles: list, weights: list[float] | None, masks: list | None,
-                  hw: tuple[int, int], want_reference: bool) -> tuple[FrameFn, str]:
-    """Build `frames(x, valid) -> (output, per-frame reference or None, cuts)` for AdaIN.
+def family_default_strength(family: str) -> float:
+    """`--stabilize`'s default for a family: AdaIN's smoothing is free; for instance-norm networks it costs a
+    second pass and raised the warping error on every clip measured (docs/video.md), so it is off."""
+    return DEFAULT_STRENGTH if family == "adain" else 0.0
+
+
+def frame_function(st: Any, args: argparse.Namespace, styles: list, weights: list[float] | None,
+                   masks: list | None, hw: tuple[int, int], want_reference: bool) -> FrameFn:
+    """Build `frames(x, valid) -> (output, per-frame reference or None, cuts)` for the stylizer's family.
 
     Args:
-      args: the parsed flags (weights, alpha, colour, stabilisation).
-      styles: style images (1, h, w, 3), already recoloured for histogram colour preservation.
+      st: the `Stylizer` (any family).
+      args: the parsed flags (alpha, colour, stabilisation).
+      styles: style images (1, h, w, 3), already recoloured for histogram colour preservation, or style indices
+        (table models).
       weights: blend weights or None; masks: (H, W) masks at the frame size, or None.
       hw: the frame size.
       want_reference: also return the unstabilised output (for the report).
-
-    Returns:
-      (the frame function, the model's name for the report).
     """
-    import jax.numpy as jnp
     import numpy as np
 
-    from nst_jax import color, temporal
-    from nst_jax.image import masks_to_grid
-    from nst_jax.models import adain
-    from nst_jax.stylize import Stylizer
-
-    st = Stylizer.load(vgg=args.vgg, decoder=args.decoder, checkpoint=args.checkpoint)
-    h, w = hw
     luminance = args.preserve_color == "luminance"
-    kw: dict[str, Any] = {"alpha": args.alpha, "preserve_color": "luminance" if luminance else None}
-    if masks is not None:
-        kw["masks"] = masks
-    elif weights is not None:
-        kw["weights"] = weights
     if args.stabilize == 0:
+        kw: dict[str, Any] = {"alpha": args.alpha, "preserve_color": "luminance" if luminance else None}
+        if masks is not None:
+            kw["masks"] = masks
+        elif weights is not None:
+            kw["weights"] = weights
+
         # Per-frame: the Stylizer's own path, so strength 0 is per-frame stylization bit for bit.
         def per_frame(x: Any, valid: Any) -> tuple[Any, Any, Any]:
             return st.stylize(x, styles, **kw), None, np.zeros(len(x), bool)
 
-        return per_frame, "adain"
+        return per_frame
+    if st.family.name == "adain":
+        return _adain_frames(st, args, styles, weights, masks, hw, want_reference)
+    if st.family.name in ("cin", "arbitrary"):
+        return _norm_frames(st, args, styles, weights, masks, hw, want_reference)
+    from nst_jax.errors import NstError
 
+    raise NstError(f"--stabilize is not available for a {st.family.name} model; use --stabilize 0")
+
+
+def _finish(outs: list, x: Any, luminance: bool, want_reference: bool, cuts: Any) -> tuple[Any, Any, Any]:
+    import numpy as np
+
+    from nst_jax import color
+
+    if luminance:
+        outs = [color.luminance_transfer(o, x) for o in outs]
+    outs = [np.asarray(o, np.float32) for o in outs]
+    return outs[0], (outs[1] if want_reference else None), cuts
+
+
+def _norm_frames(st: Any, args: argparse.Namespace, styles: list, weights: list[float] | None,
+                 masks: list | None, hw: tuple[int, int], want_reference: bool) -> FrameFn:
+    """CIN and the arbitrary network: every instance norm's (mean, var) smoothed (two passes per batch)."""
+    import jax
+    import jax.numpy as jnp
+
+    from nst_jax import temporal
+    from nst_jax.image import masks_to_grid
+
+    smoother = temporal.StatSmoother(args.stabilize, args.scene_cut)
+    conds = [st.condition(s) for s in styles]
+    if masks is None:
+        cond = st.blend(conds, weights)
+        grid = None
+    else:
+        cond = jax.tree.map(lambda *xs: jnp.concatenate([jnp.asarray(v, jnp.float32) for v in xs])[None], *conds)
+        grid = jnp.asarray(masks_to_grid(masks, hw, hw, len(styles)))
+    jitted = _programs()
+    if st.family.name == "cin":
+        def forward(x: Any, c: Any, m: Any, a: Any, stats: Any) -> Any:
+            return jitted.cin(st.params, x, c, m, a, stats, spec=st.static)
+    else:
+        def forward(x: Any, c: Any, m: Any, a: Any, stats: Any) -> Any:
+            return jitted.arbitrary(st.params, x, c, m, a, stats, st.frozen, static=st.static)
+
+    def stabilised(x: Any, valid: Any) -> tuple[Any, Any, Any]:
+        n = len(x)
+        xj = jnp.asarray(x, st.dtype)
+        a = jnp.full((n,), args.alpha, jnp.float32)
+        c = jax.tree.map(lambda v: jnp.broadcast_to(v, (n,) + v.shape[1:]), cond)
+        m = None if grid is None else jnp.broadcast_to(grid, (n,) + grid.shape)
+        reference, own = forward(xj, c, m, a, None)
+        out, _ = forward(xj, c, m, a, smoother(own, valid))
+        return _finish([out, reference], xj, args.preserve_color == "luminance", want_reference,
+                       smoother.last_cuts)
+
+    return stabilised
+
+
+def _adain_frames(st: Any, args: argparse.Namespace, styles: list, weights: list[float] | None,
+                  masks: list | None, hw: tuple[int, int], want_reference: bool) -> FrameFn:
+    """AdaIN: the content's relu4_1 mean/std smoothed (one encoder and one decoder pass, two with a report)."""
+    import jax.numpy as jnp
+
+    from nst_jax import temporal
+    from nst_jax.image import masks_to_grid
+    from nst_jax.models import adain
+    from nst_jax.stylize import Stylizer
+
+    h, w = hw
     smoother = temporal.StatSmoother(args.stabilize, args.scene_cut)
     stats = [st.style_stats(s) for s in styles]
     jitted = _programs()
@@ -260,12 +320,9 @@ def _adain_frames(args: argparse.Namespace, styles: list, weights: list[float] |
 
         smoothed = smoother(own, valid)
         outs = [draw(smoothed)] + ([draw(own)] if want_reference else [])
-        if luminance:
-            outs = [color.luminance_transfer(o, xj) for o in outs]
-        outs = [np.asarray(o, np.float32) for o in outs]
-        return outs[0], (outs[1] if want_reference else None), smoother.last_cuts
+        return _finish(outs, xj, args.preserve_color == "luminance", want_reference, smoother.last_cuts)
 
-    return stabilised, "adain"
+    return stabilised
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -275,8 +332,12 @@ def _load_styles(args: argparse.Namespace, first_frame: Any) -> list:
     import numpy as np
 
     from nst_jax.color import coral
+    from nst_jax.commands.stylize import _style_index
     from nst_jax.image import load_image
 
+    indices = [_style_index(t) for t in args.style]
+    if all(i is not None for i in indices):
+        return indices
     size = args.style_size or None
     styles = [load_image(s, size=size) for s in args.style]
     if args.preserve_color == "histogram":
@@ -315,6 +376,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from nst_jax import temporal
+    from nst_jax.commands.stylize import check_styles, load_stylizer
     from nst_jax.files import atomic_write
     from nst_jax.runtime import tune_allocator
     from nst_jax.video import VideoReader, VideoWriter
@@ -329,7 +391,12 @@ def run(args: argparse.Namespace) -> int:
     first_frame = _resize_u8(first[None], (h, w))[0].astype(np.float32) / np.float32(255.0)
     styles = _load_styles(args, first_frame)
     masks = _load_masks(args, (h, w))
-    frames_fn, model_name = _adain_frames(args, styles, weights, masks, (h, w), args.report is not None)
+    st = load_stylizer(args)
+    check_styles(st, styles, args)
+    model_name = args.model or "adain"
+    if args.stabilize is None:
+        args.stabilize = family_default_strength(st.family.name)
+    frames_fn = frame_function(st, args, styles, weights, masks, (h, w), args.report is not None)
     blender = temporal.FlowBlender(args.flow_blend) if args.flow_blend > 0 else None
     meter = temporal.FlickerMeter() if args.report is not None else None
     stabilised = args.stabilize > 0 or blender is not None

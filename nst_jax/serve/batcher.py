@@ -6,6 +6,12 @@ client can take a result, groups them by frame size, pads each group to a fixed 
 makes one jitted call with per-image style conditions and alpha. Frame sizes and buckets are fixed and all
 warmed at start, so no frame ever waits on a compilation.
 
+Smoothing (the page's slider): a job with `smoothing` > 0 is stylized with its stream's normalisation statistics
+smoothed across frames (`nst_jax.temporal`: the exponential moving average of the content statistics, reset at
+scene cuts), one state per stream (per client), kept in the batcher and dropped when the client leaves or turns
+smoothing off. Smoothed and plain frames go in separate calls, so strength 0 is the exact per-frame output. The
+smoothed programs compile on the first smoothed frame of each shape (not warmed at start).
+
 A condition is what a style becomes for the model (see `nst_jax.models`): a pytree of arrays with a leading
 axis of one per style, e.g. AdaIN's {"mean", "std"} of relu4_1, CIN's {"weights"} over its table, an arbitrary
 network's {"vector"}. The batcher only stacks and pads them, leaf by leaf, so it serves every family alike.
@@ -112,6 +118,7 @@ class Job:
       fail: called on the event loop with a message if the model call failed.
       gate: the frame is only taken while this returns True (e.g. the client's previous result has been sent);
         until then it waits in its slot, where a newer frame replaces it.
+      smoothing: statistic smoothing strength in [0, 1) (0: the exact per-frame output).
     """
 
     content: np.ndarray
@@ -121,6 +128,8 @@ class Job:
     fail: Callable[[str], None] = lambda message: None
     gate: Callable[[], bool] = lambda: True
     submitted: float = dataclasses.field(default_factory=time.perf_counter)
+    smoothing: float = 0.0
+    stream: Hashable | None = None  # whose smoothing state: set by `Batcher.submit` to the slot's key
 
 
 @dataclasses.dataclass
@@ -160,6 +169,9 @@ class Batcher:
         self._pending: dict[Hashable, Job] = {}
         self._wake: asyncio.Event | None = None
         self._closed = False
+        # per-stream smoothing states (touched on the model thread; dropped from the event loop)
+        self._smooth: dict[Hashable, Any] = {}
+        self._stat_forward: Any = None
 
     # --- model thread ---------------------------------------------------------------------------------------
 
@@ -197,6 +209,21 @@ class Batcher:
         side = self.sizes[0]
         return self.model.condition(np.full((1, side, side, 3), 0.5, np.float32))
 
+    def smoothing_supported(self) -> bool:
+        """Whether the model can smooth its statistics (a `Stylizer` of the adain, cin or arbitrary family)."""
+        return self._stat_model() is not None
+
+    def _stat_model(self) -> Any:
+        if self._stat_forward is None:
+            from nst_jax.errors import NstError
+            from nst_jax.temporal import StatForward
+
+            try:
+                self._stat_forward = StatForward(self.model)
+            except (NstError, AttributeError):
+                self._stat_forward = False
+        return self._stat_forward or None
+
     def _call(self, jobs: Sequence[Job]) -> np.ndarray:
         n = len(jobs)
         b = self.bucket(n)
@@ -209,8 +236,30 @@ class Batcher:
         # Padding repeats the first frame: the model normalises per image, so pads cannot change real outputs.
         content[n:], alpha[n:] = content[0], alpha[0]
         condition = stack_conditions([j.condition for j in jobs], b)
-        out = np.asarray(self.model.stylize_conditions(content, condition, alpha))
-        return out[:n]
+        smoothed = jobs[0].smoothing > 0 and self._stat_model() is not None
+        if not smoothed:
+            for j in jobs:
+                self._smooth.pop(j.stream, None)  # turning smoothing back on starts afresh
+            return np.asarray(self.model.stylize_conditions(content, condition, alpha))[:n]
+        return self._call_smoothed(jobs, content, condition, alpha)
+
+    def _call_smoothed(self, jobs: Sequence[Job], content: np.ndarray, condition: Condition,
+                       alpha: np.ndarray) -> np.ndarray:
+        """Analyse the batch, smooth each frame's statistics with its stream's state, render."""
+        from nst_jax.temporal import smooth_frame
+
+        n = len(jobs)
+        sf = self._stat_model()
+        aux, own = sf.analyse(content, condition, alpha)
+        own = jax.tree.map(np.asarray, own)
+        frames = []
+        for i, j in enumerate(jobs):
+            mine = jax.tree.map(lambda v, i=i: v[i], own)
+            out, self._smooth[j.stream] = smooth_frame(self._smooth.get(j.stream), mine, j.smoothing)
+            frames.append(jax.tree.map(np.asarray, out))
+        # padding frames keep their own statistics
+        stats = jax.tree.map(lambda v, *fs: np.concatenate([np.stack(fs), v[n:]]), own, *frames)
+        return np.asarray(sf.render(aux, condition, alpha, stats))[:n]
 
     # --- event loop -----------------------------------------------------------------------------------------
 
@@ -224,6 +273,7 @@ class Batcher:
         if job.content.shape[0] not in self.sizes or job.content.shape[0] != job.content.shape[1]:
             raise ValueError(f"frame shape {job.content.shape} is not one of the warmed sizes {self.sizes}")
         replaced = self._pending.pop(key, None) is not None
+        job.stream = key
         self._pending[key] = job
         if replaced:
             self.stats.replaced += 1
@@ -231,8 +281,9 @@ class Batcher:
         return replaced
 
     def discard(self, key: Hashable) -> None:
-        """Forget `key`'s waiting frame (the client left)."""
+        """Forget `key`'s waiting frame and its smoothing state (the client left)."""
         self._pending.pop(key, None)
+        self._smooth.pop(key, None)
 
     def kick(self) -> None:
         """Re-check gates (a client's send finished, so its waiting frame may now go)."""
@@ -265,9 +316,9 @@ class Batcher:
             if self._closed:
                 break
             jobs = self._take()
-            groups: dict[tuple[int, ...], list[Job]] = {}
+            groups: dict[tuple, list[Job]] = {}
             for j in jobs:
-                groups.setdefault(j.content.shape, []).append(j)
+                groups.setdefault((j.content.shape, j.smoothing > 0), []).append(j)
             for group in groups.values():
                 for start in range(0, len(group), self.max_batch):
                     chunk = group[start:start + self.max_batch]
@@ -302,3 +353,23 @@ class Batcher:
             self._wake.set()
         self._pending.clear()
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+# The largest smoothing strength the page may ask for (1 would freeze the statistics).
+MAX_SMOOTHING = 0.95
+
+
+def parse_smoothing(obj: dict, current: float) -> float:
+    """The `smoothing` key of a settings message (absent: `current`), clamped to [0, MAX_SMOOTHING].
+
+    Raises:
+      ProtocolError: not a finite number.
+    """
+    import math
+
+    from nst_jax.serve import protocol
+
+    v = obj.get("smoothing", current)
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise protocol.ProtocolError("settings: smoothing must be a finite number")
+    return min(max(float(v), 0.0), MAX_SMOOTHING)

@@ -12,6 +12,7 @@ const $ = (id) => document.getElementById(id);
 const nst = window.nst = {
   connected: false, source: "browser", styles: [], sizes: [], limits: {}, caps: null, preserveModes: [],
   settings: { version: 0, styles: [], alpha: 1, preserve_color: "none", size: 256, side_by_side: false },
+  smoothing: 0,  // statistic smoothing strength, this page's own (0: exact per-frame output)
   seq: 0, sent: new Map(), framesSent: 0, framesReceived: 0, lastVersion: -1, lastSeq: -1,
   resultTimes: [], latencies: [], errors: [], uploads: 0, cameraError: null, serverStats: null, maxInFlight: 1,
 };
@@ -66,6 +67,7 @@ function onControl(msg) {
       nst.source = msg.source; nst.sizes = msg.sizes; nst.limits = msg.limits;
       nst.preserveModes = msg.preserve_color || ["none", "luminance", "histogram_output"];
       nst.caps = msg.caps || { style_images: true, style_table: false, alpha: true };
+      $("smoothing-label").hidden = !msg.smoothing;
       nst.settings = Object.assign({}, msg.settings, { version: nst.settings.version + 1 });
       setStyles(msg.styles);
       fillSizes();
@@ -212,7 +214,9 @@ function pump() {
 
 function sendSettings() {
   nst.settings.version = (nst.settings.version + 1) >>> 0;
-  if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(Object.assign({ type: "settings" }, nst.settings)));
+  // smoothing travels with the settings (the server keeps each page's smoothing state)
+  const msg = Object.assign({ type: "settings" }, nst.settings, { smoothing: nst.smoothing });
+  if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(msg));
 }
 
 function setStyles(styles) {
@@ -325,6 +329,11 @@ function syncControls() {
 $("alpha").addEventListener("input", () => {
   nst.settings.alpha = Number($("alpha").value) / 100;
   $("alpha-value").textContent = nst.settings.alpha.toFixed(2);
+  sendSettings();
+});
+$("smoothing").addEventListener("input", () => {
+  nst.smoothing = Number($("smoothing").value) / 100;
+  $("smoothing-value").textContent = nst.smoothing.toFixed(2);
   sendSettings();
 });
 $("preserve").addEventListener("change", () => { nst.settings.preserve_color = $("preserve").value; sendSettings(); });
