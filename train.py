@@ -82,6 +82,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
         print(f"train.py: error: the config has no key {key!r} (configs/default.py lists every key)",
               file=sys.stderr)
         sys.exit(2)
+    except (ValueError, TypeError, IndexError) as e:  # ml_collections: an override path it cannot parse
+        # ("--config.=1", "--config.model.x=1" where model is a string): one line, not its traceback
+        print(f"train.py: error: bad --config override: {str(e).splitlines()[0][:200]}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -15,15 +15,18 @@ with:
 
 from __future__ import annotations
 
+import errno
 import logging
-from collections.abc import Mapping
+import shutil
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-from nst_jax.errors import WeightsError
+from nst_jax.errors import NstError, WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +38,67 @@ def checkpoint_root(workdir: str | Path) -> Path:
     return Path(workdir) / CHECKPOINT_DIR
 
 
+class CheckpointError(NstError):
+    """A checkpoint could not be written (the disk is full, or another I/O error); earlier ones are intact."""
+
+
+def _io_reason(e: BaseException) -> str | None:
+    """'no space left on device' (or the OS error's text) if `e` or its causes are an I/O failure, else None.
+
+    Orbax and TensorStore report a failed write in several exception types; the OS error may only be in the
+    message.
+    """
+    seen: BaseException | None = e
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno is not None:
+            return "no space left on device" if seen.errno in (errno.ENOSPC, errno.EDQUOT) else \
+                (seen.strerror or str(seen)).lower()
+        text = str(seen)
+        if "No space left on device" in text or "ENOSPC" in text:
+            return "no space left on device"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def checked_io(what: str, fn: Callable[[], Any]) -> Any:
+    """Run a checkpoint write (`manager.save`, `wait_until_finished`), turning I/O failures into one line.
+
+    Raises:
+      CheckpointError: "<what>: no space left on device" (or the OS error); other errors pass through.
+    """
+    try:
+        return fn()
+    except Exception as e:
+        reason = _io_reason(e)
+        if reason is None:
+            raise
+        raise CheckpointError(f"{what}: {reason}") from None
+
+
+class _QuietIOFailures(logging.Filter):
+    """Drops Orbax's tracebacks of a failed write (one per background thread): the run reports it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and _io_reason(exc) == "no space left on device":
+            return False
+        return "No space left on device" not in record.getMessage()
+
+
+_QUIET = _QuietIOFailures()
+
+
 def make_manager(workdir: str | Path, *, max_to_keep: int | None = 3):
     """An Orbax `CheckpointManager` over `workdir/checkpoints` (created if missing), for a training run."""
     import orbax.checkpoint as ocp
 
     # cleanup_tmp_directories: a run killed mid-save leaves a half-written temporary folder; drop it on
     # restart.
+    for name in ("absl", "orbax"):
+        if _QUIET not in logging.getLogger(name).filters:
+            logging.getLogger(name).addFilter(_QUIET)
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True)
     return ocp.CheckpointManager(checkpoint_root(workdir).absolute(), options=options)
 
@@ -62,7 +120,8 @@ def save_checkpoint(manager, step: int, params: Any, opt_state: Any, meta: Mappi
         meta=ocp.args.JsonSave(dict(meta)),
         config=ocp.args.JsonSave(jsonable(config)),
     )
-    return bool(manager.save(step, args=args, force=True))
+    return bool(checked_io(f"could not write checkpoint step {step}", lambda: manager.save(step, args=args,
+                                                                                          force=True)))
 
 
 def restore_checkpoint(manager, step: int, params_like: Any, opt_state_like: Any) -> tuple[Any, Any, dict]:
@@ -80,6 +139,56 @@ def restore_checkpoint(manager, step: int, params_like: Any, opt_state_like: Any
     )
     restored = manager.restore(step, args=args)
     return restored["params"], restored["opt_state"], dict(restored["meta"])
+
+
+def restore_latest_good(manager, params_like: Any, opt_state_like: Any,
+                        say: Callable[[str], None] = log.warning) -> tuple[int, Any, Any, dict] | None:
+    """Restore the newest checkpoint that reads back; unreadable newer ones are set aside, and said so.
+
+    A checkpoint can be corrupt though Orbax finished it (a disk error, a truncated copy, a file removed by
+    hand). Such a step folder is renamed to `corrupt-<step>-<time>` (kept for inspection; Orbax ignores it) so
+    that the run continues from the one before and later saves of that step are not skipped.
+
+    Args:
+      manager: the run's `CheckpointManager`.
+      params_like, opt_state_like: as `restore_checkpoint`.
+      say: where the one-line notes go.
+
+    Returns:
+      (step folder number, params, opt_state, meta) of the newest readable checkpoint, or None if there is none.
+    """
+    steps = sorted(manager.all_steps(), reverse=True)
+    bad: list[int] = []
+    for step in steps:
+        try:
+            params, opt_state, meta = restore_checkpoint(manager, step, params_like, opt_state_like)
+            if not isinstance(meta.get("step"), int):
+                raise ValueError("its metadata has no step")
+        except Exception as e:  # Orbax and TensorStore report damage in many exception types
+            detail = " ".join(str(e).split())[:160] or type(e).__name__
+            say(f"checkpoint step {step} is unreadable ({type(e).__name__}: {detail}); trying the one before")
+            bad.append(step)
+            continue
+        break
+    else:
+        params = None
+    root = Path(manager.directory)
+    for step in bad:
+        src = root / str(step)
+        if src.exists():
+            dst = root / f"corrupt-{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+            try:
+                src.rename(dst)
+                say(f"moved the unreadable checkpoint to {dst}")
+            except OSError:
+                shutil.rmtree(src, ignore_errors=True)
+    if bad:
+        manager.reload()
+    if params is None:
+        if bad:
+            say("no checkpoint could be read: starting from scratch")
+        return None
+    return step, params, opt_state, meta
 
 
 def _abstract(tree: Any) -> Any:

@@ -80,8 +80,11 @@ def _open(path: Path) -> Image.Image:
         raise ImageError(f"refusing to decode {path}: {e}") from None
     except UnidentifiedImageError:
         raise ImageError(f"not an image (or an unsupported format): {path}") from None
-    except (OSError, ValueError, SyntaxError, EOFError, struct.error) as e:
-        raise ImageError(f"cannot read image {path}: {e}") from None
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, TypeError, IndexError, KeyError,
+            ZeroDivisionError, OverflowError, MemoryError, NotImplementedError, RuntimeError) as e:
+        # Pillow's plugins raise all of these on corrupt files; some messages quote the file's bytes
+        detail = " ".join(str(e).split())[:160] or type(e).__name__
+        raise ImageError(f"cannot read image {path}: {detail}") from None
 
 
 def _has_alpha(im: Image.Image) -> bool:

@@ -87,6 +87,8 @@ def train_step(state: TrainState, frozen: Any, batch: Mapping[str, Array], mask:
     Returns:
       (the new state, metrics: the family's loss terms, "grad_norm", "finite").
     """
+    if getattr(static, "wants_step", False):  # e.g. a stability term drawing its random warps from the step
+        batch = dict(batch, step=state.step)
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, frozen, batch, static)
     if mask is not None:
         grads = jax.tree.map(lambda g, m: jnp.where(m, g, jnp.zeros_like(g)), grads, mask)
@@ -250,12 +252,14 @@ class _Run:
                 console(f"further skipped {stream} images are only counted (data/skipped_{stream})")
 
     def _restore(self) -> int:
-        latest = self.manager.latest_step()
-        if latest is None:
+        if self.manager.latest_step() is None:
             return 0
         state = self.state
-        params, opt_state, meta = checkpoints.restore_checkpoint(self.manager, latest, state.params,
-                                                                 state.opt_state)
+        found = checkpoints.restore_latest_good(self.manager, state.params, state.opt_state,
+                                                say=console if self.lead else lambda _: None)
+        if found is None:
+            return 0
+        latest, params, opt_state, meta = found
         step = int(meta["step"])
         counter = jax.device_put(jnp.asarray(step, jnp.int32), self.replicated)
         self.state = TrainState(counter, params, opt_state)
@@ -282,8 +286,17 @@ class _Run:
 
     def _save(self, step: int, positions: dict) -> None:
         meta = {"step": step, "data": allgather_json(positions), "process_count": jax.process_count()}
-        checkpoints.save_checkpoint(self.manager, step, self.state.params, self.state.opt_state, meta,
-                                    self.config_dict)
+        try:
+            checkpoints.save_checkpoint(self.manager, step, self.state.params, self.state.opt_state, meta,
+                                        self.config_dict)
+        except checkpoints.CheckpointError as e:
+            raise checkpoints.CheckpointError(f"{e} in {checkpoints.checkpoint_root(self.workdir)}; "
+                                              f"{self._kept()}") from None
+
+    def _kept(self) -> str:
+        good = [s for s in self.manager.all_steps() if (checkpoints.checkpoint_root(self.workdir) / str(s)).is_dir()]
+        return (f"the previous checkpoint (step {max(good)}) is intact: free some space and run the same "
+                "command to resume" if good else "no earlier checkpoint was saved")
 
     def _check(self, step: int, host: dict) -> None:
         if bool(host["finite"]):
@@ -402,8 +415,13 @@ class _Run:
         if self.bar is not None:
             self.bar.close()
         if self.manager is not None:
-            self.manager.wait_until_finished()
-            self.manager.close()
+            try:  # an asynchronous save that fails (a full disk) surfaces here
+                checkpoints.checked_io("could not finish writing the last checkpoint",
+                                       self.manager.wait_until_finished)
+            except checkpoints.CheckpointError as e:
+                raise checkpoints.CheckpointError(f"{e}; {self._kept()}") from None
+            finally:
+                self.manager.close()
         if self.metrics is not None:
             self.metrics.close()
 

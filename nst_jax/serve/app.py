@@ -29,7 +29,7 @@ from aiohttp import WSMsgType, web
 from nst_jax.errors import ImageError
 from nst_jax.files import array_digest
 from nst_jax.serve import codec, protocol, security
-from nst_jax.serve.batcher import Batcher, ConditionModel, Job
+from nst_jax.serve.batcher import Batcher, ConditionModel, Job, parse_smoothing
 from nst_jax.serve.client import Client, tune_socket
 from nst_jax.serve.settings import Settings, parse_settings, postprocess
 from nst_jax.serve.show import SharedShow
@@ -41,6 +41,8 @@ from nst_jax.serve.styles import BlendCache, StyleLibrary
 __all__ = ["LiveServer", "ServerConfig", "Settings", "parse_settings", "postprocess"]
 
 log = logging.getLogger("nst_jax.serve")
+# What a client can cause (a message that fails) is logged through this: one short line, rate limited.
+_quiet = security.QuietLog(log)
 
 STATIC_DIR = Path(__file__).parent / "static"
 STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
@@ -67,6 +69,8 @@ class ServerConfig:
         so a slow link drops frames instead of queueing seconds of them. None keeps the defaults.
       heartbeat: seconds between WebSocket pings (a dead peer is dropped after missing one).
       stats_interval: seconds between status messages to each page.
+      uploads_per_minute: style uploads one client may send per minute (each costs a decode and a model call).
+      keepalive_timeout: seconds an idle HTTP connection is kept open.
     """
 
     sizes: tuple[int, ...] = (256,)
@@ -81,6 +85,8 @@ class ServerConfig:
     send_buffer: int | None = 128 << 10
     heartbeat: float = 20.0
     stats_interval: float = 1.0
+    uploads_per_minute: int = 10
+    keepalive_timeout: float = 75.0
 
 
 class LiveServer:
@@ -110,6 +116,7 @@ class LiveServer:
         self.recorder = recorder
         self.batcher = Batcher(model, config.sizes, config.max_batch, example=self._example_condition)
         self.clients: dict[int, Client] = {}
+        self._upload_limits: dict[int, security.RateLimit] = {}
         self._ids = itertools.count(1)
         self._decode_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="nst-decode")
         self._encode_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="nst-encode")
@@ -189,6 +196,7 @@ class LiveServer:
     def hello(self, client: Client) -> dict:
         return {"type": "hello", "client": client.id, "styles": self.library.describe(),
                 "sizes": list(self.config.sizes), "settings": client.settings.describe(),
+                "smoothing": self.source is None and self.batcher.smoothing_supported(),
                 "source": "server" if self.source is not None else "browser",
                 "source_label": self.source.label if self.source is not None else None,
                 "limits": {"frame_bytes": self.config.limits.frame_bytes,
@@ -197,6 +205,9 @@ class LiveServer:
                 "caps": dataclasses.asdict(self.model.caps)}
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        problem = security.websocket_handshake_problem(request.headers)
+        if problem is not None:
+            return web.Response(status=400, text=f"not a WebSocket upgrade: {problem}\n")
         if not self.origin_allowed(request):
             return web.Response(status=403, text="WebSocket origin not allowed\n")
         if len(self.clients) >= self.config.max_clients:
@@ -216,6 +227,7 @@ class LiveServer:
             condition = await self.blend(settings.styles) if settings.styles else None
         client = Client(cid, ws, settings, condition, self.batcher.kick)
         self.clients[cid] = client
+        self._upload_limits[cid] = security.RateLimit(self.config.uploads_per_minute, 60.0)
         log.info("client %d connected from %s (%d now)", cid, request.remote, len(self.clients))
         client.task = asyncio.ensure_future(client.sender())
         client.put_control(self.hello(client))
@@ -231,12 +243,14 @@ class LiveServer:
                     elif msg.type == WSMsgType.BINARY:
                         await self._on_binary(client, msg.data)
                 except Exception as e:  # a message nobody foresaw must not end the connection
-                    log.exception("client %d: message failed", cid)
+                    log.debug("client %d: message failed", cid, exc_info=True)
+                    _quiet.error("client %d: message failed", cid, exc_info=e)
                     client.error(f"the server could not handle that message ({type(e).__name__})")
         finally:
             client.closed = True
             self.batcher.discard(cid)
             self.clients.pop(cid, None)
+            self._upload_limits.pop(cid, None)
             log.info("client %d left after %d frames (%d now)", cid, client.results_sent, len(self.clients))
             if client.task is not None:
                 client.task.cancel()
@@ -262,6 +276,7 @@ class LiveServer:
             return
         try:
             settings = parse_settings(obj, client.settings, self.library, self.config.sizes)
+            smoothing = parse_smoothing(obj, getattr(client, "smoothing", 0.0))
             condition = await self.blend(settings.styles)
         except protocol.ProtocolError as e:
             client.error(str(e), version=obj.get("version") if isinstance(obj.get("version"), int) else None)
@@ -271,6 +286,7 @@ class LiveServer:
             return
         client.settings = settings
         client.condition = condition
+        client.smoothing = smoothing
         if self.shared is not None:
             self.shared.set(settings, condition, client)
 
@@ -286,6 +302,11 @@ class LiveServer:
                 return
             if client.uploading:
                 client.error("an upload is still being processed; wait for it", seq=seq)
+                return
+            rate = self._upload_limits.get(client.id)
+            if rate is not None and not rate.allow():
+                client.error(f"more than {self.config.uploads_per_minute} uploads a minute; try again in "
+                             f"{rate.retry_after():.0f} s", seq=seq)
                 return
             if len(payload) > self.config.limits.upload_bytes:
                 limit = self.config.limits.upload_bytes
@@ -321,7 +342,8 @@ class LiveServer:
         settings = client.settings
         deliver = functools.partial(self._deliver_client, client, seq, settings, content)
         job = Job(content, client.condition, settings.alpha, deliver,
-                  fail=functools.partial(client.error, seq=seq), gate=client.can_take)
+                  fail=functools.partial(client.error, seq=seq), gate=client.can_take,
+                  smoothing=getattr(client, "smoothing", 0.0))
         if self.batcher.submit(client.id, job):
             client.frames_replaced += 1
 
@@ -426,7 +448,9 @@ class LiveServer:
           ready: called with the page's URL once the server accepts connections.
           stop: set it to stop the server.
         """
-        runner = web.AppRunner(self.build_app(), access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        # aiohttp's own logger would write a traceback and the request bytes for every malformed request.
+        runner = web.AppRunner(self.build_app(), access_log=None, handle_signals=False, shutdown_timeout=2.0,
+                               logger=security.SERVER_LOG, keepalive_timeout=self.config.keepalive_timeout)
         await runner.setup()
         try:
             site = web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import struct
 
+from nst_jax.errors import NstError
+
 FRAME = 1
 UPLOAD = 2
 RESULT = 1
@@ -34,8 +36,8 @@ _RESULT = struct.Struct(">BII")
 _UPLOAD = struct.Struct(">BIH")
 
 
-class ProtocolError(ValueError):
-    """A malformed message; its text is sent back to the client."""
+class ProtocolError(NstError, ValueError):
+    """A malformed message; its text is sent back to the client (an `NstError`, and a ValueError as before)."""
 
 
 def pack_frame(seq: int, jpeg: bytes) -> bytes:

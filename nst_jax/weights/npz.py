@@ -9,6 +9,8 @@ JSON string with at least `kind` ("vgg19" or "adain_decoder"), and for VGG19 the
 from __future__ import annotations
 
 import json
+import math
+import tokenize
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -74,6 +76,29 @@ def flatten_tree(params: Mapping[str, Any], prefix: str = "") -> dict[str, np.nd
     return out
 
 
+def _check_members(z: Any, path: Path) -> None:
+    """Check every member's declared sizes before NumPy reads it (it allocates the declared shape first)."""
+    zf = z.zip
+    for info in zf.infolist():
+        if info.compress_type != zipfile.ZIP_STORED and info.file_size > 1100 * max(info.compress_size, 1):
+            raise WeightsError(f"{path}: member {info.filename} declares {info.file_size} bytes from "
+                               f"{info.compress_size} (a zip bomb?)")
+        if not info.filename.endswith(".npy"):
+            continue
+        with zf.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version in ((2, 0), (3, 0)):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise WeightsError(f"{path}: member {info.filename} has .npy version {version}")
+            nbytes = math.prod(shape) * dtype.itemsize
+            if nbytes > info.file_size:
+                raise WeightsError(f"{path}: member {info.filename} declares shape {shape} ({nbytes} bytes) "
+                                   f"but holds {info.file_size}: corrupt")
+
+
 def load_npz(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read a converted `.npz` (no pickle is ever unpickled).
 
@@ -88,9 +113,15 @@ def load_npz(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise WeightsError(f"no such file: {path}")
     try:
         with np.load(path, allow_pickle=False) as z:
+            if not hasattr(z, "zip"):
+                raise WeightsError(f"{path}: a bare .npy array, not an nst-jax .npz")
+            _check_members(z, path)
             if META_KEY not in z.files:
                 raise WeightsError(f"{path}: an .npz without {META_KEY}; not converted by nst-jax")
-            meta = json.loads(str(z[META_KEY][()]))
+            raw_meta = z[META_KEY]
+            if raw_meta.shape != () or raw_meta.dtype.kind != "U":
+                raise WeightsError(f"{path}: {META_KEY} is not a JSON string")
+            meta = json.loads(str(raw_meta[()]))
             params: dict[str, Any] = {}
             for key in z.files:
                 if key == META_KEY:
@@ -105,9 +136,16 @@ def load_npz(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
                         raise WeightsError(f"{path}: array {key!r} clashes with another entry")
                 if parts[-1] in node:
                     raise WeightsError(f"{path}: array {key!r} clashes with another entry")
-                node[parts[-1]] = np.asarray(z[key], np.float32)
-    except (ValueError, OSError, zipfile.BadZipFile, json.JSONDecodeError) as e:
-        raise WeightsError(f"{path}: not a readable nst-jax .npz ({e})") from None
+                arr = z[key]
+                if arr.dtype.kind not in "fiub":  # complex or strings would be cast (or fail) silently
+                    raise WeightsError(f"{path}: array {key!r} holds {arr.dtype}, not real numbers")
+                node[parts[-1]] = np.asarray(arr, np.float32)
+    except (ValueError, OSError, zipfile.BadZipFile, zipfile.LargeZipFile, json.JSONDecodeError, TypeError,
+            EOFError, KeyError, NotImplementedError, RecursionError, UnicodeDecodeError, OverflowError,
+            SyntaxError, MemoryError, RuntimeError, tokenize.TokenError) as e:
+        # NumPy's messages can quote the file's header: keep one short line
+        detail = " ".join(str(e).split())[:160]
+        raise WeightsError(f"{path}: not a readable nst-jax .npz ({type(e).__name__}: {detail})") from None
     if not isinstance(meta, dict) or "kind" not in meta:
         raise WeightsError(f"{path}: {META_KEY} lacks 'kind'")
     return params, meta

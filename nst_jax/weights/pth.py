@@ -22,6 +22,7 @@ out right. Only the storages of the tensors asked for are read (torchvision's cl
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import struct
 import zipfile
@@ -37,6 +38,9 @@ from nst_jax.errors import WeightsError
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
+# A tensor may hold more elements than its storage (stride-0 views of `expand`), but never more than this: a
+# lying size cannot make the reader allocate more than a bound.
+MAX_VIEW_ELEMENTS = 1 << 26
 
 
 def _bfloat16() -> np.dtype:
@@ -186,7 +190,39 @@ def _build_allowed() -> dict[tuple[str, str], Any]:
 _ALLOWED = _build_allowed()
 
 
-class _SafeUnpickler(pickle.Unpickler):
+class _Bounded:
+    """A read-only view of a file that never asks for more bytes than the file has left.
+
+    The unpickler reads a length from the stream and then that many bytes; `file.read(n)` allocates `n` bytes
+    before reading, so a lying length would allocate gigabytes.
+    """
+
+    def __init__(self, f: Any, size: int):
+        self._f, self._size = f, size
+
+    def _left(self) -> int:
+        return max(self._size - self._f.tell(), 0)
+
+    def read(self, n: int = -1) -> bytes:
+        return self._f.read(self._left() if n is None or n < 0 else min(n, self._left()))
+
+    def readline(self, limit: int = -1) -> bytes:
+        return self._f.readline(min(1 << 16, self._left()) if limit < 0 else min(limit, self._left()))
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b)
+        return self._f.readinto(view[: min(len(view), self._left())])
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._f.seek(offset, whence)
+
+
+# The pure-Python unpickler, not the C one: the C unpickler sizes its memo by the largest index a PUT opcode
+# names, so one LONG_BINPUT of 2**30 in a file allocates (and zeroes) gigabytes; here the memo is a dict.
+class _SafeUnpickler(pickle._Unpickler):
     """Unpickler that resolves only allow-listed globals, to local stand-ins."""
 
     def __init__(self, file: Any, storages: dict[str, _StorageRef] | None = None, legacy: bool = False):
@@ -223,16 +259,21 @@ class _SafeUnpickler(pickle.Unpickler):
                 raise _Refused(f"malformed storage id {pid!r}")
             _, stype, key, _location, numel = pid
             view = None
-        if not isinstance(stype, _StorageType) or not isinstance(numel, int):
-            raise _Refused(f"malformed storage id {pid!r}")
+        if not isinstance(stype, _StorageType) or not isinstance(numel, int) or numel < 0:
+            raise _Refused(f"malformed storage id {str(pid)[:200]}")
         key = str(key)
         root = self._storages.get(key)
         if root is None:
             root = self._storages[key] = _StorageRef(key, stype.dtype, numel)
         if view is None:
             return root
-        view_key, offset, view_numel = view
-        return _StorageRef(root.key, root.dtype, root.numel, int(offset), int(view_numel))
+        if not (isinstance(view, tuple) and len(view) == 3):
+            raise _Refused("malformed legacy storage view")
+        _view_key, offset, view_numel = view
+        if not (isinstance(offset, int) and isinstance(view_numel, int)
+                and 0 <= offset and 0 <= view_numel and offset + view_numel <= root.numel):
+            raise _Refused(f"a storage view ({offset}, {view_numel}) outside its storage of {root.numel}")
+        return _StorageRef(root.key, root.dtype, root.numel, offset, view_numel)
 
 
 def _unpickle(f: Any, path: Path, **kw: Any) -> Any:
@@ -243,8 +284,10 @@ def _unpickle(f: Any, path: Path, **kw: Any) -> Any:
     except WeightsError as e:
         raise WeightsError(f"{path}: {e}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            UnicodeDecodeError, struct.error) as e:
-        raise WeightsError(f"{path}: not a readable PyTorch file ({type(e).__name__}: {e})") from None
+            UnicodeDecodeError, struct.error, OverflowError, MemoryError) as e:
+        # The message can quote the file's bytes: keep one short line.
+        detail = " ".join(str(e).split())[:120]
+        raise WeightsError(f"{path}: not a readable PyTorch file ({type(e).__name__}: {detail})") from None
 
 
 def _walk(obj: Any, fn: Callable[[Any], Any]) -> Any:
@@ -283,9 +326,13 @@ def _materialize(ref: _TensorRef, storages: Mapping[str, np.ndarray], path: Path
     if ref.storage.view_numel is not None:
         data = data[ref.storage.view_offset: ref.storage.view_offset + ref.storage.view_numel]
     size, stride, offset = ref.size, ref.stride, ref.offset
-    if any(s < 0 for s in size) or any(s < 0 for s in stride) or offset < 0:
+    if (any(not 0 <= s < 1 << 48 for s in size) or any(not 0 <= s < 1 << 48 for s in stride)
+            or not 0 <= offset < 1 << 48):
         raise WeightsError(f"{path}: malformed tensor (size {size}, stride {stride}, offset {offset})")
-    if 0 in size:
+    elements = math.prod(size)
+    if elements > max(data.size, MAX_VIEW_ELEMENTS):
+        raise WeightsError(f"{path}: a tensor of size {size} has more elements than its storage of {data.size}")
+    if elements == 0:
         return np.zeros(size, data.dtype)
     last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
     if last >= data.size:
@@ -323,11 +370,36 @@ def is_pth(path: str | Path) -> bool:
     return False
 
 
+# A state_dict's pickle is a few KB per tensor; a bigger one is not a state_dict (or a zip bomb).
+MAX_PICKLE_BYTES = 64 << 20
+MAX_DEFLATED_BYTES = 256 << 20
+
+
+def _read_member(z: zipfile.ZipFile, name: str, limit: int, path: Path) -> bytes:
+    """At most `limit` bytes of a zip member, refusing members whose declared size is not plausible."""
+    info = z.getinfo(name)
+    if info.compress_type != zipfile.ZIP_STORED and (info.file_size > 1100 * max(info.compress_size, 1)
+                                                     or info.file_size > MAX_DEFLATED_BYTES):
+        # deflate cannot expand more than about 1032 times (a larger claim is a lie), and torch.save stores its
+        # members uncompressed: a big compressed one is a zip bomb, not a checkpoint
+        raise WeightsError(f"{path}: zip member {name} declares {info.file_size} bytes from "
+                           f"{info.compress_size} compressed: refused")
+    if name.endswith("data.pkl") and info.file_size > limit:
+        raise WeightsError(f"{path}: {name} is {info.file_size} bytes; a state_dict's pickle is far smaller")
+    try:
+        with z.open(info) as f:
+            return f.read(min(limit, info.file_size))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError,
+            RuntimeError) as e:
+        raise WeightsError(f"{path}: zip member {name} cannot be read ({type(e).__name__})") from None
+
+
 def _load_zip(path: Path, select: Callable[[str], bool] | None) -> Any:
     try:
         z = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as e:
-        raise WeightsError(f"{path}: not a readable PyTorch zip archive ({e})") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+        detail = " ".join(str(e).split())[:120]
+        raise WeightsError(f"{path}: not a readable PyTorch zip archive ({detail})") from None
     with z:
         names = z.namelist()
         pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
@@ -336,11 +408,12 @@ def _load_zip(path: Path, select: Callable[[str], bool] | None) -> Any:
         prefix = min(pkl, key=len)[: -len("data.pkl")]
         byteorder = "little"
         if prefix + "byteorder" in names:
-            byteorder = z.read(prefix + "byteorder").decode("ascii", "replace").strip()
+            byteorder = _read_member(z, prefix + "byteorder", 16, path).decode("ascii", "replace").strip()
         if byteorder not in ("little", "big"):
             raise WeightsError(f"{path}: unknown byte order {byteorder!r}")
         storages: dict[str, _StorageRef] = {}
-        obj = _unpickle(io.BytesIO(z.read(prefix + "data.pkl")), path, storages=storages)
+        obj = _unpickle(io.BytesIO(_read_member(z, prefix + "data.pkl", MAX_PICKLE_BYTES, path)), path,
+                        storages=storages)
         obj = _select(obj, select)
         arrays = {}
         for key in _needed_keys(obj):
@@ -348,10 +421,11 @@ def _load_zip(path: Path, select: Callable[[str], bool] | None) -> Any:
             name = f"{prefix}data/{key}"
             if name not in names:
                 raise WeightsError(f"{path}: storage {name} is missing from the archive")
-            raw = z.read(name)
             nbytes = ref.numel * ref.dtype.itemsize
-            if len(raw) < nbytes:
-                raise WeightsError(f"{path}: storage {name} has {len(raw)} bytes, expected {nbytes}")
+            size = z.getinfo(name).file_size
+            if size < nbytes:
+                raise WeightsError(f"{path}: storage {name} has {size} bytes, expected {nbytes}")
+            raw = _read_member(z, name, nbytes, path)
             swap = byteorder == "big" and ref.dtype.itemsize > 1
             dtype = ref.dtype.newbyteorder(">") if swap else ref.dtype
             arrays[key] = np.frombuffer(raw, dtype, count=ref.numel)
@@ -359,7 +433,8 @@ def _load_zip(path: Path, select: Callable[[str], bool] | None) -> Any:
 
 
 def _load_legacy(path: Path, select: Callable[[str], bool] | None) -> Any:
-    with open(path, "rb") as f:
+    with open(path, "rb") as raw_file:
+        f = _Bounded(raw_file, path.stat().st_size)
         magic = _unpickle(f, path)
         if magic != MAGIC_NUMBER:
             raise WeightsError(f"{path}: wrong magic number; not a PyTorch file")
@@ -377,6 +452,7 @@ def _load_legacy(path: Path, select: Callable[[str], bool] | None) -> Any:
             raise WeightsError(f"{path}: malformed storage key list")
         obj = _select(obj, select)
         needed = _needed_keys(obj)
+        size = path.stat().st_size
         arrays: dict[str, np.ndarray] = {}
         for key in (str(k) for k in keys):
             header = f.read(8)
@@ -387,6 +463,10 @@ def _load_legacy(path: Path, select: Callable[[str], bool] | None) -> Any:
             if ref is None:
                 raise WeightsError(f"{path}: storage {key} is listed but never used")
             nbytes = numel * ref.dtype.itemsize
+            if numel < ref.numel or f.tell() + nbytes > size:
+                # checked before reading: a lying count must not make us allocate (or read) beyond the file
+                raise WeightsError(f"{path}: storage {key} claims {numel} elements ({ref.numel} used), beyond "
+                                   "the end of the file: truncated or corrupt")
             if key in needed:
                 raw = f.read(nbytes)
                 if len(raw) != nbytes:
