@@ -105,7 +105,11 @@ def _flat(tree, prefix=""):
 
 
 def test_finetune_changes_only_the_new_rows(data, base_run):
-    base_dir, _ = base_run
+    import shutil
+
+    # fine-tune from a copy of the base, removed afterwards: the fine-tuned run must load on its own
+    base_dir = data["root"] / "base_copy"
+    shutil.copytree(base_run[0], base_dir)
     _, base, _ = trained.load_trained(base_dir)
     c = _config(data, init_from=str(base_dir), style_images=data["new"], num_steps=12)
     c.cin.num_styles = 1
@@ -119,7 +123,11 @@ def test_finetune_changes_only_the_new_rows(data, base_run):
     workdir = data["root"] / "finetuned"
     summary = train.train_and_evaluate(c, workdir)
     assert summary["step"] == 12
-    family, tuned, _ = trained.load_trained(workdir)
+    shutil.rmtree(base_dir)
+    family, tuned, saved = trained.load_trained(workdir)
+    # the base's layout is recorded in the run's own config (2 rows; the run adds 1)
+    assert saved["cin"]["init_spec"]["num_styles"] == 2 and saved["cin"]["init_spec"]["residual_blocks"] == 1
+    c = trained.config_from_dict(saved)  # the fixed-batch losses below need no base either
     # the loss of the new style on a fixed batch, before and after (the logged windows see other batches)
     frozen, static = cin.setup(c)
     streams, samples = cin.open_streams(c, lambda *a: None)

@@ -46,6 +46,7 @@ predictor's depthwise convolutions as sums of shifted products (benchmarks/arbit
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
@@ -57,6 +58,7 @@ from jax import lax
 
 from nst_jax import ops
 from nst_jax.models import Caps, Family, blend_conditions
+from nst_jax.stability import StabilityTerm
 from nst_jax.typing import Array, Params
 
 NormStats = dict[str, tuple[Array, Array]]
@@ -82,6 +84,14 @@ MOBILENET_BLOCKS: tuple[tuple[int, int, int], ...] = (
 MOBILENET_LAST = 1280
 RESIDUAL_BLOCKS = 5
 
+# The style predictors: Magenta's MobileNetV2 (the ported lite model), or, for training your own without another
+# pretrained network, a small network on the loss VGG16's relu1_1..relu4_1 per-channel mean and std (log1p of
+# each, so the deep layers' large activations do not dominate) -> hidden ReLU layer -> the bottleneck.
+PREDICTORS = ("mobilenet", "vgg_stats")
+VGG_STATS_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
+VGG_STATS_FEATURES = 2 * (64 + 128 + 256 + 512)
+VGG_STATS_HIDDEN = 256
+
 # The style-normed layers, in network order, with their grid (1/factor of the padded content size). These are the
 # keys of `norm_stats`.
 NORM_LAYERS: tuple[str, ...] = tuple(
@@ -104,6 +114,14 @@ def _cfg(config: Any, name: str, default: Any) -> Any:
     return getattr(config, name, default)
 
 
+def _arch(config: Any) -> tuple[float, int, str]:
+    """(width, bottleneck, predictor) of a config: its `arbitrary` node (training configs) or its top level."""
+    node = _cfg(config, "arbitrary", None)
+    node = config if node is None else node
+    return (float(_cfg(node, "width", 0.25)), int(_cfg(node, "bottleneck", BOTTLENECK)),
+            str(_cfg(node, "predictor", "mobilenet")))
+
+
 def transformer_channels(width: float = 0.25) -> tuple[int, int, int]:
     """Channels of the contract layers for a width multiplier of Magenta's 32/64/128 (lite: 0.25 -> 8/16/32)."""
     return int(32 * width), int(64 * width), int(128 * width)
@@ -118,18 +136,24 @@ def init_params(key: Array, config: Any = None) -> Params:
 
     Args:
       key: PRNG key.
-      config: optional mapping / ConfigDict with `width` (transformer width multiplier, 0.25) and `bottleneck`
-        (style vector size, 100).
+      config: optional mapping / ConfigDict with `width` (transformer width multiplier, 0.25), `bottleneck`
+        (style vector size, 100) and `predictor` ("mobilenet" or "vgg_stats"), under its `arbitrary` node (training
+        configs) or at its top level.
 
     Returns:
       The tree described in the module docstring (float32): He-normal kernels, zero biases, gamma projections
-      with bias 1 and beta projections with bias 0, so a random vector gives near-identity norms.
+      with bias 1 and beta projections with bias 0, so a random vector gives near-identity norms. With the
+      "vgg_stats" predictor, "predictor" is {"hidden": {"kernel": (1920, 256), "bias"}} and the bottleneck
+      (256, 100).
     """
-    return _init_params(key, float(_cfg(config, "width", 0.25)), int(_cfg(config, "bottleneck", BOTTLENECK)))
+    width, dim, predictor = _arch(config)
+    if predictor not in PREDICTORS:
+        raise ValueError(f"unknown style predictor {predictor!r} (known: {', '.join(PREDICTORS)})")
+    return _init_params(key, width, dim, predictor)
 
 
-@partial(jax.jit, static_argnums=(1, 2))
-def _init_params(key: Array, width: float, dim: int) -> Params:
+@partial(jax.jit, static_argnums=(1, 2, 3))
+def _init_params(key: Array, width: float, dim: int, kind: str = "mobilenet") -> Params:
     # The tree is laid out with (shape, std) placeholders first, then filled from ONE normal draw: a separate
     # draw per tensor made XLA compile a hundred random-number generators.
     c1, c2, c3 = transformer_channels(width)
@@ -143,16 +167,23 @@ def _init_params(key: Array, width: float, dim: int) -> Params:
         return {"kernel": _Normal((cin, cout), 0.1 / float(np.sqrt(cin))),
                 "bias": jnp.full((cout,), bias0, jnp.float32)}
 
-    predictor: dict[str, Any] = {"Conv": conv(3, 3, MOBILENET_STEM)}
-    cin = MOBILENET_STEM
-    for i, (t, cout, _) in enumerate(MOBILENET_BLOCKS):
-        hidden = cin * t
-        blk = {} if t == 1 else {"expand": conv(1, cin, hidden)}
-        blk["depthwise"] = conv(3, hidden, hidden, groups=hidden)
-        blk["project"] = conv(1, hidden, cout)
-        predictor[block_name(i)] = blk
-        cin = cout
-    predictor["Conv_1"] = conv(1, cin, MOBILENET_LAST)
+    if kind == "vgg_stats":
+        predictor: dict[str, Any] = {"hidden": {"kernel": _Normal((VGG_STATS_FEATURES, VGG_STATS_HIDDEN),
+                                                                  float(np.sqrt(2.0 / VGG_STATS_FEATURES))),
+                                                "bias": jnp.zeros((VGG_STATS_HIDDEN,), jnp.float32)}}
+        feat = VGG_STATS_HIDDEN
+    else:
+        predictor = {"Conv": conv(3, 3, MOBILENET_STEM)}
+        cin = MOBILENET_STEM
+        for i, (t, cout, _) in enumerate(MOBILENET_BLOCKS):
+            hidden = cin * t
+            blk = {} if t == 1 else {"expand": conv(1, cin, hidden)}
+            blk["depthwise"] = conv(3, hidden, hidden, groups=hidden)
+            blk["project"] = conv(1, hidden, cout)
+            predictor[block_name(i)] = blk
+            cin = cout
+        predictor["Conv_1"] = conv(1, cin, MOBILENET_LAST)
+        feat = MOBILENET_LAST
 
     residual = {f"residual{i}": {"conv1": conv(3, c3, c3, bias=False), "conv2": conv(3, c3, c3, bias=False)}
                 for i in range(1, RESIDUAL_BLOCKS + 1)}
@@ -172,7 +203,7 @@ def _init_params(key: Array, width: float, dim: int) -> Params:
         for s in scopes:
             node = node.setdefault(s, {})
         node[last] = {"beta": dense(dim, c, 0.0), "gamma": dense(dim, c, 1.0)}
-    bottleneck = {"kernel": _Normal((MOBILENET_LAST, dim), float(np.sqrt(1.0 / MOBILENET_LAST))),
+    bottleneck = {"kernel": _Normal((feat, dim), float(np.sqrt(1.0 / feat))),
                   "bias": jnp.zeros((dim,), jnp.float32)}
     tree = {"predictor": predictor, "bottleneck": bottleneck, "style_params": style_params,
             "transformer": transformer}
@@ -555,15 +586,76 @@ def transform(params: Params, content: Array, vectors: Array, *, masks: Array | 
 # The model-family contract
 
 
+@dataclasses.dataclass(frozen=True)
+class Net:
+    """The static identity of an arbitrary network beyond its parameters (the `static` of inference).
+
+    Attributes:
+      predictor: "mobilenet" (the predictor is part of `params`) or "vgg_stats" (it reads the VGG16 in
+        `frozen["vgg"]`).
+      vgg: the VGGSpec of `frozen["vgg"]` ("vgg_stats" only).
+      style_size: the square size a style image is cropped and resized to before prediction.
+    """
+
+    predictor: str = "mobilenet"
+    vgg: Any = None
+    style_size: int = STYLE_SIZE
+
+
+jax.tree_util.register_static(Net)
+
+
+def _net(static: Any) -> Net:
+    if static is None:
+        return Net()
+    if isinstance(static, Net):
+        return static
+    return static.net  # a training loss's static carries the network's
+
+
+def vgg_stats_features(feats: Mapping[str, Array]) -> Array:
+    """The "vgg_stats" predictor's input: log1p of the per-channel mean and std (biased, + eps) of
+    relu1_1..relu4_1, concatenated: (N, 1920) float32."""
+    parts = []
+    for layer in VGG_STATS_LAYERS:
+        mean, var = moments(feats[layer].astype(jnp.float32))
+        parts += [mean[:, 0, 0, :], jnp.sqrt(var[:, 0, 0, :] + EPS)]
+    return jnp.log1p(jnp.concatenate(parts, axis=-1))
+
+
+def predict_from_stats(params: Params, features: Array) -> Array:
+    """The "vgg_stats" predictor on `vgg_stats_features`: hidden ReLU layer, then the bottleneck: (N, 100)."""
+    h = params["predictor"]["hidden"]
+    x = jax.nn.relu(jnp.dot(features, h["kernel"], precision=lax.Precision.HIGHEST) + _row(h["bias"], 2))
+    b = params["bottleneck"]
+    return jnp.dot(x, b["kernel"], precision=lax.Precision.HIGHEST) + _row(b["bias"], 2)
+
+
+def predict_vector(params: Params, frozen: Any, images: Array, static: Any = None) -> Array:
+    """Style vectors of images as they are (no crop or resize), with the predictor `static` names: (N, 100)."""
+    net = _net(static)
+    if net.predictor == "vgg_stats":
+        from nst_jax import vgg as vgg_mod
+
+        feats = vgg_mod.encode(frozen["vgg"], images.astype(jnp.float32), net.vgg, VGG_STATS_LAYERS)
+        return predict_from_stats(params, vgg_stats_features(feats))
+    return predict(params, images)
+
+
+def _vector(params: Params, frozen: Any, images: Array, static: Any) -> Array:
+    return predict_vector(params, frozen, preprocess_style(images, _net(static).style_size), static)
+
+
 def condition(params: Params, frozen: Any, style: Array, static: Any = None) -> dict[str, Array]:
     """What style images become: {"vector": (N, 100)} (centre-cropped, resized to 256, predicted).
 
     Args:
-      params: the model tree; frozen, static: unused (the predictor's weights are part of `params`).
+      params: the model tree.
+      frozen: {} (MobileNetV2: the predictor is part of `params`) or {"vgg": VGG16} ("vgg_stats").
       style: (N, H, W, 3) RGB in [0, 1].
+      static: a `Net` (None: the MobileNetV2 predictor at 256 px).
     """
-    del frozen, static
-    return {"vector": style_vector(params, style)}
+    return {"vector": _vector(params, frozen, style, static)}
 
 
 # Every leaf of a condition is a style vector, and the network's (gamma, beta) are affine in it: the generic convex
@@ -588,7 +680,7 @@ def stylize(params: Params, frozen: Any, content: Array, condition: Mapping[str,
     """Stylize content images with one condition per image and a strength per image.
 
     Args:
-      params: the model tree; frozen, static: unused.
+      params: the model tree; frozen, static: as `condition` (the content's own vector for strength < 1).
       content: (N or 1, H, W, 3) RGB in [0, 1], any H, W >= 5.
       condition: {"vector": (N, 100)}.
       alpha: (N,) strengths in [0, 1]: 1 = the style's vector, 0 = the content image's own vector.
@@ -596,14 +688,13 @@ def stylize(params: Params, frozen: Any, content: Array, condition: Mapping[str,
     Returns:
       (N, H, W, 3) in [0, 1].
     """
-    del frozen, static
     v = jnp.asarray(condition["vector"], jnp.float32)
     n = v.shape[0]
     a = _alpha(alpha, n)
     # The content's own vector costs a predictor pass (once per distinct content image): skip it when every
     # strength is 1 (then the mix is v).
     vectors = lax.cond(jnp.all(a == 1.0), lambda: v,
-                       lambda: mix_strength(v, style_vector(params, content), a))
+                       lambda: mix_strength(v, _vector(params, frozen, content, static), a))
     return transform(params, jnp.broadcast_to(content, (n,) + content.shape[1:]), vectors)
 
 
@@ -612,7 +703,7 @@ def stylize_masked(params: Params, frozen: Any, content: Array, conditions: Mapp
     """Stylize with K conditions placed by per-pixel masks, in one pass.
 
     Args:
-      params: the model tree; frozen, static: unused.
+      params: the model tree; frozen, static: as `condition`.
       content: (N or 1, H, W, 3) RGB in [0, 1].
       conditions: {"vector": (N, K, 100)}.
       masks: (N or 1, H, W, K) non-negative weights at the content's resolution. Where they sum to more than 1 they
@@ -623,11 +714,10 @@ def stylize_masked(params: Params, frozen: Any, content: Array, conditions: Mapp
     Returns:
       (N, H, W, 3) in [0, 1].
     """
-    del frozen, static
     v = jnp.asarray(conditions["vector"], jnp.float32)
     n = v.shape[0]
     a = _alpha(alpha, n)
-    own = jnp.broadcast_to(style_vector(params, content), (n, v.shape[-1]))
+    own = jnp.broadcast_to(_vector(params, frozen, content, static), (n, v.shape[-1]))
     content = jnp.broadcast_to(content, (n,) + content.shape[1:])
     vectors = mix_strength(v, own, a)
     masks = jnp.asarray(masks, jnp.float32)
@@ -640,7 +730,268 @@ def stylize_masked(params: Params, frozen: Any, content: Array, conditions: Mapp
     return transform(params, content, vectors, masks=weights)
 
 
+
+# ---------------------------------------------------------------------------------------------------------------
+# The family contract: training (Ghiasi et al.'s recipe, Magenta's arbitrary_image_stylization_train.py)
+#
+# For content images c and style images s (one per example, drawn independently):
+#   v = predictor(s);  g = transform(c, v)
+#   loss = sum_l cw_l * mean (phi_l(g) - phi_l(c))^2 + sum_l sw_l * mean (gram_l(g) - gram_l(s))^2
+#          + tv_weight * (mean dy(g)^2 + mean dx(g)^2) / 2
+# with phi the VGG16 loss network (average pooling) and gram(f) = f^T f / (H * W) (nst_jax.models.magenta_loss).
+
+TRAIN_ONLY = {"all": ("predictor", "bottleneck", "style_params", "transformer"),
+              "predictor": ("predictor", "bottleneck"),  # style image -> style vector
+              "transformer": ("style_params", "transformer")}  # style vector and content -> image
+
+
+@dataclasses.dataclass(frozen=True)
+class ArbitraryLoss:
+    """The static (hashable) part of the arbitrary network's training loss.
+
+    Attributes:
+      content_layers, content_weights: VGG16 taps of the content loss and their weights.
+      style_layers, style_weights: VGG16 taps of the Gram style loss and their weights.
+      tv_weight: the total-variation weight.
+      vgg: the loss network's identity (VGGSpec, average pooling).
+      net: the network's static identity (which predictor).
+      dtype: compute dtype of the loss network.
+      train_only: which parts train (`TRAIN_ONLY`): the others are held with `stop_gradient`, so no gradient is
+        computed for them (the loop's mask keeps them bit-identical either way).
+      stability: the training-time stability term (`nst_jax.stability`; off unless `config.stability_weight`).
+    """
+
+    content_layers: tuple[str, ...]
+    content_weights: tuple[float, ...]
+    style_layers: tuple[str, ...]
+    style_weights: tuple[float, ...]
+    tv_weight: float
+    vgg: Any
+    net: Net
+    dtype: str = "float32"
+    train_only: str = "all"
+    stability: StabilityTerm = StabilityTerm()
+
+    @property
+    def wants_step(self) -> bool:
+        """Whether the loss needs `batch["step"]` (the stability term's random warps come from it)."""
+        return self.stability.on
+
+    @property
+    def taps(self) -> tuple[str, ...]:
+        """The taps read on the stylized and content images."""
+        from nst_jax.models import magenta_loss
+
+        return magenta_loss.in_order(self.content_layers, self.style_layers)
+
+    @property
+    def style_taps(self) -> tuple[str, ...]:
+        """The taps read on the style images (the Gram targets, and the predictor's statistics)."""
+        from nst_jax.models import magenta_loss
+
+        stats = VGG_STATS_LAYERS if self.net.predictor == "vgg_stats" else ()
+        return magenta_loss.in_order(self.style_layers, stats)
+
+
+def _train_only(config: Any) -> str:
+    return str(_cfg(_cfg(config, "arbitrary", None), "train_only", "all"))
+
+
+def validate_config(config: Any) -> None:
+    """Raise `NstError` naming the key of any arbitrary-specific value the trainer cannot use."""
+    from nst_jax.errors import NstError
+    from nst_jax.models import magenta_loss
+
+    if int(config.image_size) % MULTIPLE:
+        raise NstError(f"config.image_size must be a multiple of {MULTIPLE} (the transformer downsamples twice), "
+                       f"got {config.image_size}")
+    width, dim, predictor = _arch(config)
+    if predictor not in PREDICTORS:
+        raise NstError(f"config.arbitrary.predictor must be one of {', '.join(PREDICTORS)}, got {predictor!r}")
+    if _train_only(config) not in TRAIN_ONLY:
+        raise NstError(f"config.arbitrary.train_only must be one of {', '.join(TRAIN_ONLY)}, got "
+                       f"{_train_only(config)!r}")
+    if min(transformer_channels(width)) < 1:
+        raise NstError(f"config.arbitrary.width must give at least one channel per layer, got {width}")
+    if dim < 1:
+        raise NstError(f"config.arbitrary.bottleneck must be positive, got {dim}")
+    if not float(config.total_variation_weight) >= 0:
+        raise NstError(f"config.total_variation_weight must be >= 0, got {config.total_variation_weight}")
+    magenta_loss.parse_layers(config)
+
+
+def _loss_static(config: Any, vgg_spec: Any) -> ArbitraryLoss:
+    from nst_jax.models import magenta_loss
+
+    content, style = magenta_loss.parse_layers(config)
+    _, _, predictor = _arch(config)
+    net = Net(predictor, vgg_spec if predictor == "vgg_stats" else None, int(config.image_size))
+    return ArbitraryLoss(content[0], content[1], style[0], style[1], float(config.total_variation_weight),
+                         vgg_spec, net, str(config.dtype), _train_only(config), StabilityTerm.from_config(config))
+
+
+def setup(config: Any) -> tuple[dict[str, Any], ArbitraryLoss]:
+    """The frozen loss network and the static loss configuration.
+
+    Returns:
+      ({"vgg": VGG16 params up to the deepest tap}, ArbitraryLoss).
+    """
+    from nst_jax import vgg as vgg_mod
+    from nst_jax.models import magenta_loss
+
+    static = _loss_static(config, None)
+    last = vgg_mod.deepest(static.taps + static.style_taps, "vgg16")
+    vgg_params, vgg_spec = magenta_loss.load_loss_network(config.vgg_weights, last)
+    return {"vgg": vgg_params}, _loss_static(config, vgg_spec)
+
+
+def compute_loss(params: Params, vgg_params: Mapping, content: Array, style: Array, static: ArbitraryLoss,
+                 step: Array | None = None) -> tuple[Array, dict[str, Array]]:
+    """Ghiasi et al.'s training loss of one batch (see the comment above `ArbitraryLoss`).
+
+    Args:
+      params: the network (differentiated).
+      vgg_params: the frozen VGG16.
+      content: (N, H, W, 3) in [0, 1].
+      style: (N, H', W', 3) in [0, 1], one style per content image (the predictor sees them as they are).
+      static: the loss configuration.
+      step: the training step (the stability term's warps; needed when `static.stability` is on).
+
+    Returns:
+      (loss, {"loss", "loss_content", "loss_style", "loss_tv" [, "loss_stability"] (weighted, summing to loss),
+      "tv", "style/<layer>" [, "stability"] (unweighted)}).
+    """
+    from nst_jax import vgg as vgg_mod
+    from nst_jax.models import magenta_loss
+
+    dt = jnp.dtype(static.dtype)
+    trained = TRAIN_ONLY.get(static.train_only, TRAIN_ONLY["all"])
+    params = {k: v if k in trained else jax.lax.stop_gradient(v) for k, v in params.items()}
+    fs = vgg_mod.encode(vgg_params, style.astype(dt), static.vgg, static.style_taps)
+    if static.net.predictor == "vgg_stats":
+        v = predict_from_stats(params, vgg_stats_features(fs))
+    else:
+        v = predict(params, style.astype(jnp.float32))
+    g = transform(params, content.astype(jnp.float32), v)
+    n = content.shape[0]
+    feats = vgg_mod.encode(vgg_params, jnp.concatenate([g, content.astype(jnp.float32)]).astype(dt), static.vgg,
+                           static.taps)
+    fg = {k: f[:n] for k, f in feats.items()}
+    loss_c = magenta_loss.content_loss(fg, {k: f[n:] for k, f in feats.items()},
+                                       (static.content_layers, static.content_weights))
+    targets = {k: magenta_loss.gram(fs[k]) for k in static.style_layers}
+    loss_s, per_layer = magenta_loss.style_loss(fg, targets, (static.style_layers, static.style_weights))
+    tv = magenta_loss.total_variation(g)
+    loss_tv = jnp.float32(static.tv_weight) * tv
+    loss = loss_c + loss_s + loss_tv
+    metrics = {"loss": loss, "loss_content": loss_c, "loss_style": loss_s, "loss_tv": loss_tv, "tv": tv}
+    metrics.update({f"style/{k}": x for k, x in per_layer.items()})
+    return static.stability.add(loss, metrics, lambda x: transform(params, x, v), content.astype(jnp.float32), g,
+                                step)
+
+
+def loss_fn(params: Params, frozen: Mapping, batch: Mapping[str, Array], static: ArbitraryLoss):
+    """`compute_loss` on the family contract: batch {"content", "style"} (and "step" for the stability term)."""
+    return compute_loss(params, frozen["vgg"], batch["content"], batch["style"], static, batch.get("step"))
+
+
+@partial(jax.jit, static_argnames="static")
+def _sample_jit(params: Params, frozen: Any, content: Array, style: Array, static: ArbitraryLoss) -> Array:
+    return transform(params, content, predict_vector(params, frozen, style, static))
+
+
+def sample(params: Params, frozen: Mapping, samples: Mapping[str, Array], static: ArbitraryLoss) -> Array:
+    """Each sample content image stylized with the sample style image of the same index (as in training)."""
+    return _sample_jit(params, frozen, samples["content"], samples["style"], static)
+
+
+def open_streams(config: Any, on_skip: Any) -> tuple[dict, dict]:
+    """The content and style image streams and the sample inputs.
+
+    Content images get `config.augment`, style images `config.style_augment` (Magenta augments only the style
+    images: "magenta" = its brightness/saturation/hue jitter, flips and random size); each stream has its own seed.
+
+    Returns:
+      ({"content": ImageStream, "style": ImageStream}, {"content", "style"}).
+    """
+    from nst_jax.training import open_image_streams
+
+    streams, samples = open_image_streams(config, ("content",), on_skip)
+    style_config = config.copy_and_resolve_references()
+    with style_config.unlocked():
+        style_config.augment = str(_cfg(config, "style_augment", config.augment) or config.augment)
+        # its own seed, apart from the content stream's
+        style_config.seed = int(np.random.SeedSequence([int(config.seed), 2]).generate_state(1)[0])
+    style_streams, style_samples = open_image_streams(style_config, ("style",), on_skip)
+    streams.update(style_streams)
+    samples.update(style_samples)
+    return streams, samples
+
+
+def _base_predictor(base: Mapping[str, Any]) -> str:
+    return "vgg_stats" if "hidden" in base.get("predictor", {}) else "mobilenet"
+
+
+def start_params(config: Any, base: Params) -> Params:
+    """The network fine-tuning starts from: `base` (the ported `magenta-arbitrary` or a trained workdir, loaded by
+    the loop through `nst_jax.models.pretrained`). When `config.arbitrary.predictor` differs from the base's, the
+    predictor and bottleneck start fresh (seeded by `config.seed`) and the rest comes from the base.
+
+    Raises:
+      NstError: the base does not fit `config.arbitrary` (width, bottleneck), or a fresh predictor would stay
+        frozen (`config.arbitrary.train_only` = "transformer").
+    """
+    from nst_jax.errors import NstError
+
+    _, _, kind = _arch(config)
+    same = _base_predictor(base) == kind
+    if not same and _train_only(config) == "transformer":
+        raise NstError(f"config.arbitrary.train_only: 'transformer' would keep a fresh {kind} predictor untrained "
+                       f"(the base has a {_base_predictor(base)} one); use 'predictor' or 'all'")
+    # shapes only (nothing is computed) unless a fresh predictor is needed
+    shapes = jax.eval_shape(lambda k: init_params(k, config), jax.random.PRNGKey(0))
+    fresh = None if same else jax.tree.map(np.asarray, init_params(jax.random.PRNGKey(int(config.seed)), config))
+    out = {}
+    for part, tree in shapes.items():
+        if part in ("predictor", "bottleneck") and not same:
+            out[part] = fresh[part]
+            continue
+        want, got = tree_shapes(tree), tree_shapes(base.get(part, {}))
+        bad = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+        if bad:
+            shown = "; ".join(f"{part}/{k}: {got.get(k)} vs {want.get(k)}" for k in bad[:4])
+            raise NstError(f"config.init_from: the base does not fit config.arbitrary (width, bottleneck): "
+                           f"{shown} (base vs config)")
+        out[part] = jax.tree.map(lambda a: np.array(a, np.float32), base[part])
+    return out
+
+
+def trainable_mask(params: Params, config: Any) -> Any:
+    """True on the parts `config.arbitrary.train_only` names ("predictor": predictor + bottleneck;
+    "transformer": style projections + transformer); None (everything) for "all"."""
+    only = _train_only(config)
+    if only == "all":
+        return None
+    on = TRAIN_ONLY[only]
+    return {part: jax.tree.map(lambda a, t=part in on: jnp.full(np.shape(a), t, bool), tree)
+            for part, tree in params.items()}
+
+
+def inference_setup(config: Any) -> tuple[dict[str, Any], Net]:
+    """(frozen, static) of a network trained with `config`: the VGG16 for a "vgg_stats" predictor."""
+    _, _, kind = _arch(config)
+    size = int(_cfg(config, "image_size", STYLE_SIZE))
+    if kind != "vgg_stats":
+        return {}, Net("mobilenet", None, size)
+    from nst_jax.models import magenta_loss
+
+    vgg_params, vgg_spec = magenta_loss.load_loss_network(config.vgg_weights, VGG_STATS_LAYERS[-1])
+    return {"vgg": vgg_params}, Net("vgg_stats", vgg_spec, size)
+
+
 FAMILY = Family(
-    name=NAME, caps=CAPS, init_params=init_params, setup=None, open_streams=None, loss_fn=None, sample=None,
-    condition=condition, stylize=stylize, stylize_masked=stylize_masked, blend=blend,
+    name=NAME, caps=CAPS, init_params=init_params, setup=setup, open_streams=open_streams, loss_fn=loss_fn,
+    sample=sample, condition=condition, stylize=stylize, stylize_masked=stylize_masked, blend=blend,
+    trainable_mask=trainable_mask, start_params=start_params, validate_config=validate_config,
+    inference_setup=inference_setup,
 )

@@ -41,7 +41,8 @@ import numpy as np
 from jax import lax
 
 from nst_jax.errors import WeightsError
-from nst_jax.models import Caps, Family, blend_conditions
+from nst_jax.models import Caps, Family, blend_conditions, magenta_loss
+from nst_jax.stability import StabilityTerm
 from nst_jax.typing import Array, Params
 
 NAME = "cin"
@@ -746,6 +747,7 @@ class CINLoss:
       dtype: compute dtype.
       num_styles: S, the number of images in the style set (Gram targets).
       style_offset: the table row of style image 0 (the first new row when fine-tuning, else 0).
+      stability: the training-time stability term (`nst_jax.stability`; off unless `config.stability_weight`).
     """
 
     content_layers: tuple[str, ...]
@@ -757,14 +759,17 @@ class CINLoss:
     dtype: str = "float32"
     num_styles: int = 1
     style_offset: int = 0
+    stability: StabilityTerm = StabilityTerm()
+
+    @property
+    def wants_step(self) -> bool:
+        """Whether the loss needs `batch["step"]` (the stability term's random warps come from it)."""
+        return self.stability.on
 
     @property
     def taps(self) -> tuple[str, ...]:
         """Every VGG16 tap the loss reads, in forward order."""
-        from nst_jax import vgg as vgg_mod
-
-        order = vgg_mod.LAYERS_OF["vgg16"]
-        return tuple(sorted(set(self.content_layers) | set(self.style_layers), key=order.index))
+        return magenta_loss.in_order(self.content_layers, self.style_layers)
 
 
 def _cfg(config: Any, key: str, default: Any = None) -> Any:
@@ -799,9 +804,29 @@ def train_spec(config: Any) -> TransformerSpec:
     init_from = str(_cfg(config, "init_from", "") or "")
     if not init_from:
         return spec_from_config(config)
-    base = _base_spec(init_from)
+    recorded = _cfg(config.cin, "init_spec", None)
+    if recorded:
+        base = TransformerSpec.from_dict(recorded.to_dict() if hasattr(recorded, "to_dict") else dict(recorded))
+    else:
+        base = _base_spec(init_from)
     k = int(config.cin.num_styles)
     return base.with_styles(base.num_styles + k)
+
+
+def record_base_layout(config: Any) -> None:
+    """Write the layout of `config.init_from` into `config.cin.init_spec` (a `TransformerSpec.to_dict()`).
+
+    The fine-tuned run's saved config then rebuilds its grown table by itself: loading it needs neither the base
+    workdir nor its config. A config that already records a layout keeps it.
+    """
+    import contextlib
+
+    if not str(_cfg(config, "init_from", "") or "") or _cfg(config.cin, "init_spec", None):
+        return
+    layout = _base_spec(str(config.init_from)).to_dict()
+    unlocked = config.unlocked() if hasattr(config, "unlocked") else contextlib.nullcontext()
+    with unlocked:
+        config.cin.init_spec = layout
 
 
 def _init_params(key: Array, config: Any) -> Params:
@@ -814,64 +839,17 @@ def inference_setup_trained(config: Any) -> tuple[dict[str, Any], TransformerSpe
     return {}, train_spec(config)
 
 
-def _load_loss_network(name: str, last: str) -> tuple[dict, Any]:
-    """VGG16 named by `config.vgg_weights` with average pooling, trimmed to the convolutions up to `last`."""
-    from nst_jax import vgg as vgg_mod
-    from nst_jax.errors import NstError
-
-    kind, _, spec_name = str(name).partition(":")
-    if kind == "random":
-        from nst_jax.weights.resolve import random_encoder
-
-        spec_name = spec_name or "vgg16-random"
-        if spec_name not in vgg_mod.SPECS or vgg_mod.SPECS[spec_name].arch != "vgg16":
-            raise NstError(f"config.vgg_weights: {name!r} is not a random VGG16 (use random:vgg16-random)")
-        params, spec = random_encoder(spec_name, last), vgg_mod.SPECS[spec_name]
-    else:
-        from nst_jax.weights.vgg16_ports import load_vgg16
-
-        params, spec = load_vgg16(name)
-    spec = spec.replace(pooling="avg")  # Magenta's vgg.py swaps VGG16's max pooling for average pooling
-    needed = vgg_mod.expected_shapes(spec, last)
-    missing = [k for k in needed if k not in params]
-    if missing:
-        raise NstError(f"config.vgg_weights: {name} lacks {', '.join(missing)}")
-    return {k: {leaf: jnp.asarray(v, jnp.float32) for leaf, v in params[k].items()} for k in needed}, spec
-
-
 def _loss_static(config: Any, vgg_spec: Any = None) -> CINLoss:
-    from nst_jax import vgg as vgg_mod
-    from nst_jax.errors import NstError
-
-    known = vgg_mod.LAYERS_OF["vgg16"]
-    pairs = []
-    for layers_key, weights_key in (("content_layers", "content_layer_weights"),
-                                    ("style_layers", "style_layer_weights")):
-        names = tuple(str(x) for x in config[layers_key])
-        weights = tuple(float(w) for w in config[weights_key])
-        if len(names) != len(weights):
-            raise NstError(f"config.{weights_key} has {len(weights)} values for {len(names)} {layers_key}")
-        if not names:
-            raise NstError(f"config.{layers_key} is empty")
-        for n in names:
-            if n not in known:
-                raise NstError(f"unknown VGG16 layer {n!r} in config.{layers_key}; known: "
-                               f"{', '.join(x for x in known if x.startswith('relu'))}")
-        pairs.append((names, weights))
-    if config.dtype not in ("float32", "bfloat16"):
-        raise NstError(f"config.dtype must be float32 or bfloat16, got {config.dtype!r}")
+    content, style = magenta_loss.parse_layers(config)
     spec = train_spec(config)
     k = int(config.cin.num_styles)
     offset = spec.num_styles - k if _cfg(config, "init_from", "") else 0
-    return CINLoss(pairs[0][0], pairs[0][1], pairs[1][0], pairs[1][1], vgg_spec, spec, str(config.dtype), k,
-                   offset)
+    return CINLoss(content[0], content[1], style[0], style[1], vgg_spec, spec, str(config.dtype), k, offset,
+                   StabilityTerm.from_config(config))
 
 
-def magenta_gram(f: Array) -> Array:
-    """Gram matrices as Magenta's learning.py: F^T F / (H * W), (N, C, C), float32."""
-    from nst_jax import ops
-
-    return ops.gram(f.astype(jnp.float32), "hw")
+# Magenta's Gram matrix (shared with the arbitrary family; kept under its old name here)
+magenta_gram = magenta_loss.gram
 
 
 def validate_config(config: Any) -> None:
@@ -887,6 +865,8 @@ def validate_config(config: Any) -> None:
         train_spec(config)
     except ValueError as e:
         raise NstError(f"config.cin: {e}") from None
+    # the loop saves the config after validation: the run's own config.json then holds the base's layout
+    record_base_layout(config)
     from nst_jax import data
 
     src = data.open_source(config.style_images, split=_cfg(config, "style_images_split", "train") or "train",
@@ -908,7 +888,7 @@ def setup(config: Any) -> tuple[dict[str, Any], CINLoss]:
 
     static = _loss_static(config)
     last = vgg_mod.deepest(static.taps, "vgg16")
-    vgg_params, vgg_spec = _load_loss_network(config.vgg_weights, last)
+    vgg_params, vgg_spec = magenta_loss.load_loss_network(config.vgg_weights, last)
     static = dataclasses.replace(static, vgg=vgg_spec)
     styles, _ = load_image_set(config, "style_images")
     grams = _style_grams(vgg_params, jnp.asarray(styles), vgg_spec, static.style_layers)
@@ -925,7 +905,7 @@ def _style_grams(vgg_params: Mapping, styles: Array, vgg_spec: Any, layers_: tup
 
 
 def compute_loss(params: Mapping, vgg_params: Mapping, style_grams: Mapping[str, Array], content: Array,
-                 style_id: Array, static: CINLoss) -> tuple[Array, dict[str, Array]]:
+                 style_id: Array, static: CINLoss, step: Array | None = None) -> tuple[Array, dict[str, Array]]:
     """Magenta's CIN training loss of one batch.
 
     Args:
@@ -935,9 +915,11 @@ def compute_loss(params: Mapping, vgg_params: Mapping, style_grams: Mapping[str,
       content: (N, H, W, 3) in [0, 1].
       style_id: (N,) int table rows (style image `style_id - static.style_offset`).
       static: the loss configuration.
+      step: the training step (the stability term's warps; needed when `static.stability` is on).
 
     Returns:
-      (loss, {"loss", "loss_content", "loss_style" (weighted, summing to loss), "style/<layer>" (unweighted)}).
+      (loss, {"loss", "loss_content", "loss_style" [, "loss_stability"] (weighted, summing to loss),
+              "style/<layer>" [, "stability"] (unweighted)}).
     """
     from nst_jax import vgg as vgg_mod
 
@@ -947,27 +929,24 @@ def compute_loss(params: Mapping, vgg_params: Mapping, style_grams: Mapping[str,
     n = content.shape[0]
     feats = vgg_mod.encode(vgg_params, jnp.concatenate([g, content.astype(jnp.float32)]).astype(dt), static.vgg,
                            static.taps)
-    loss_c = jnp.float32(0.0)
-    for layer, cw in zip(static.content_layers, static.content_weights, strict=True):
-        f = feats[layer].astype(jnp.float32)
-        loss_c = loss_c + jnp.float32(cw) * jnp.mean(jnp.square(f[:n] - jax.lax.stop_gradient(f[n:])))
+    loss_c = magenta_loss.content_loss({k: v[:n] for k, v in feats.items()},
+                                       {k: v[n:] for k, v in feats.items()},
+                                       (static.content_layers, static.content_weights))
     idx = style_id - static.style_offset
-    per_layer = {}
-    for layer in static.style_layers:
-        target = jnp.take(style_grams[layer], idx, axis=0)
-        per_layer[layer] = jnp.mean(jnp.square(magenta_gram(feats[layer][:n]) - target))
-    loss_s = jnp.float32(0.0)
-    for layer, sw in zip(static.style_layers, static.style_weights, strict=True):
-        loss_s = loss_s + jnp.float32(sw) * per_layer[layer]
+    targets = {layer: jnp.take(style_grams[layer], idx, axis=0) for layer in static.style_layers}
+    loss_s, per_layer = magenta_loss.style_loss({k: v[:n] for k, v in feats.items()}, targets,
+                                                (static.style_layers, static.style_weights))
     loss = loss_c + loss_s
     metrics = {"loss": loss, "loss_content": loss_c, "loss_style": loss_s}
     metrics.update({f"style/{k}": v for k, v in per_layer.items()})
-    return loss, metrics
+    return static.stability.add(loss, metrics, lambda x: apply(params, x, w, static.spec), content.astype(jnp.float32),
+                                g, step)
 
 
 def loss_fn(params: Mapping, frozen: Mapping, batch: Mapping[str, Array], static: CINLoss):
-    """`compute_loss` on the family contract: batch {"content", "style_id"}."""
-    return compute_loss(params, frozen["vgg"], frozen["style_grams"], batch["content"], batch["style_id"], static)
+    """`compute_loss` on the family contract: batch {"content", "style_id"} (and "step" for the stability term)."""
+    return compute_loss(params, frozen["vgg"], frozen["style_grams"], batch["content"], batch["style_id"], static,
+                        batch.get("step"))
 
 
 @dataclasses.dataclass(frozen=True)
