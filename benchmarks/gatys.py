@@ -9,16 +9,17 @@ content (skimage astronaut) and style (skimage coffee, resized as `gatys.stylize
    256 and 512 px: ours = the jitted value-and-gradient of `gatys.solve._objective` (the function the compiled
    loop calls); torch = VGG19 in torch.nn (channels_last, ReLU not in place), autograd backward. Interleaved rounds,
    paired medians.
-2. 100 L-BFGS iterations from the same starts (128 px by default, 3 starts): ours (`gatys.stylize`: optax.lbfgs,
-   memory 100, zoom line search, chunks of 10 in `lax.fori_loop`) against `torch.optim.LBFGS` (history 100, as
-   neural-style) without a line search (neural-style's setting) and with its strong-Wolfe line search: final loss,
-   evaluations, seconds.
+2. 100 L-BFGS iterations from the same starts (128 px by default, 3 starts): ours (`gatys.stylize`: memory 100,
+   torch.optim.LBFGS's direction, the `--linesearches` given, chunks of 10 in `lax.fori_loop`) against
+   `torch.optim.LBFGS` (history 100, as neural-style) given as many evaluations as ours made, without a line search
+   (neural-style's setting) and with its strong-Wolfe line search: final loss, evaluations, seconds.
 
 The script re-execs itself under the allocator settings of `benchmarks/common.py` (both sides share them). The LAST
 line is the median ratio ours / torch of the time per evaluation at 512 px.
 
     python benchmarks/gatys.py                  # everything (about 6 minutes on a quiet 2-core machine)
     python benchmarks/gatys.py --sizes 256 --iterations 30 --starts 1 --repeats 3   # a quick look
+    python benchmarks/gatys.py --sizes 64 --repeats 1 --iteration-size 64 --linesearches armijo none optax-zoom
 
 The floor at this machine's ~430 GFLOP/s f32 peak is ~0.92 s per evaluation at 512 px (~400 GFLOP).
 """
@@ -184,7 +185,7 @@ def setup(size: int):
     content, style = images(size)
     enc = gatys.prepare_vgg(params, last)  # what `gatys.stylize` passes its compiled loops
     targets = gatys.make_targets(enc, spec, content, [style], weights, cfg)
-    static = _Static(spec, cfg.content_layers, cfg.style_layers, "lbfgs", None, 100, 20)
+    static = _Static(spec, cfg.content_layers, cfg.style_layers, "lbfgs", None, 100, 20, linesearch=cfg.linesearch)
     z0 = gatys.softclip_inverse(jnp.asarray(content))
     ours_vg = jax.jit(jax.value_and_grad(_objective), static_argnames=("static",))
     lw = gatys.layer_weight_values(weights.layers, cfg.style_layers)
@@ -232,69 +233,102 @@ def time_evaluations(sizes, repeats, budget_s) -> float | None:
     return ratio_512
 
 
-def run_iterations(size: int, iterations: int, starts: int) -> None:
-    """`iterations` L-BFGS iterations by both from the same starts: the content, then the content plus tiny noise.
+def torch_lbfgs(tobj, init, evaluations: int, line_search: str | None) -> tuple[float, float, int, float]:
+    """torch.optim.LBFGS (history 100) from `init` with at most `evaluations` loss+gradient evaluations.
 
-    One start decides little: trajectories of L-BFGS on this non-convex loss drift apart after a few dozen
-    iterations, and the final losses of two implementations of the same algorithm then differ by a few percent
-    either way. The geometric mean over starts is the comparison.
+    Returns:
+      (initial loss, final loss, evaluations made, seconds).
     """
-    import math
-
     import numpy as np
     import torch
 
     from nst_jax import gatys
 
+    z0 = np.asarray(gatys.softclip_inverse(init)).transpose(0, 3, 1, 2)
+    z = torch.from_numpy(np.ascontiguousarray(z0)).requires_grad_(True)
+    with torch.no_grad():
+        initial = float(tobj(z))
+    # Without a line search, n iterations make n evaluations (the start, then one after each step but the last;
+    # the final loss is not counted, as ours is not); with one, max_eval is the budget.
+    if line_search is None:
+        max_iter, max_eval = evaluations, evaluations + 1
+    else:
+        max_iter, max_eval = 100 * evaluations, evaluations
+    opt = torch.optim.LBFGS([z], lr=1, max_iter=max_iter, max_eval=max_eval, history_size=100, tolerance_grad=-1,
+                            tolerance_change=-1, line_search_fn=line_search)
+    evals = [0]
+
+    def closure():
+        opt.zero_grad()
+        loss = tobj(z)
+        loss.backward()
+        evals[0] += 1
+        return loss
+
+    t0 = time.perf_counter()
+    opt.step(closure)
+    dt = time.perf_counter() - t0
+    with torch.no_grad():
+        final = float(tobj(z))
+    return initial, final, evals[0], dt
+
+
+def run_iterations(size: int, iterations: int, starts: int, linesearches: tuple[str, ...] = ("armijo",)) -> dict:
+    """L-BFGS by both from the same starts (the content, then the content plus tiny noise), at equal evaluations.
+
+    Ours runs `iterations` iterations with each of `linesearches` (`GatysConfig.linesearch`); torch's L-BFGS then
+    gets exactly as many evaluations as ours made (neural-style's: no line search, one evaluation per iteration;
+    and with its strong-Wolfe search, the same evaluation budget). One start decides little: trajectories of
+    L-BFGS on this non-convex loss drift apart after a few dozen iterations (float32 rounding of the gradient
+    differences alone moves them by a few tenths of a percent), so the geometric mean over starts is the comparison.
+
+    Returns:
+      {linesearch: {"ratio_none": geometric mean of ours / torch (no line search), "wins": starts with ours
+      <= torch, "ratio_wolfe": the same against strong Wolfe}}.
+    """
+    import math
+
+    import numpy as np
+
+    from nst_jax import gatys
+
     s = setup(size)
-    tobj, cfg = s["tobj"], s["cfg"].replace(iterations=iterations)
+    tobj = s["tobj"]
     rng = np.random.default_rng(0)
     inits = [s["content"]] + [np.clip(s["content"] + 1e-3 * rng.standard_normal(s["content"].shape), 0, 1)
                               .astype(np.float32) for _ in range(starts - 1)]
     print(f"\n== {iterations} L-BFGS iterations at {size}x{size}, memory / history 100, {starts} starts "
-          "(the content, then the content + N(0, 1e-3))")
-
-    t0 = time.perf_counter()
-    gatys.stylize(s["content"], [s["style"]], s["params"], s["spec"], cfg)
-    print(f"ours, first run (with compilation): {time.perf_counter() - t0:.1f} s")
-    names = ("ours: optax.lbfgs + zoom line search", "torch.optim.LBFGS, no line search (neural-style)",
-             "torch.optim.LBFGS, strong Wolfe")
-    finals: dict[str, list[float]] = {n: [] for n in names}
-    print(f"{'start':>5} {'':50} {'initial':>10} {'final loss':>11} {'evals':>6} {'seconds':>8} {'s/eval':>7}")
-    for k, init in enumerate(inits):
-        t0 = time.perf_counter()
-        res = gatys.stylize(s["content"], [s["style"]], s["params"], s["spec"], cfg, init_image=init)
-        rows = [(names[0], res.initial_losses["total"], res.losses["total"], res.evaluations,
-                 time.perf_counter() - t0)]
-        for name, ls in zip(names[1:], (None, "strong_wolfe"), strict=True):
-            z0 = np.asarray(gatys.softclip_inverse(init)).transpose(0, 3, 1, 2)
-            z = torch.from_numpy(np.ascontiguousarray(z0)).requires_grad_(True)
-            with torch.no_grad():
-                initial = float(tobj(z))
-            opt = torch.optim.LBFGS([z], lr=1, max_iter=iterations, max_eval=iterations * 25, history_size=100,
-                                    tolerance_grad=-1, tolerance_change=-1, line_search_fn=ls)
-            evals = [0]
-
-            def closure(z=z, opt=opt, evals=evals):
-                opt.zero_grad()
-                loss = tobj(z)
-                loss.backward()
-                evals[0] += 1
-                return loss
-
+          "(the content, then the content + N(0, 1e-3)); torch gets as many evaluations as ours made")
+    print(f"{'start':>5} {'':46} {'initial':>10} {'final loss':>11} {'evals':>6} {'seconds':>8} {'s/eval':>7}")
+    summary = {}
+    for ls in linesearches:
+        cfg = s["cfg"].replace(iterations=iterations, linesearch=ls)
+        gatys.stylize(s["content"], [s["style"]], s["params"], s["spec"], cfg.replace(iterations=2))  # compile
+        finals: dict[str, list[float]] = {"ours": [], "none": [], "wolfe": []}
+        for k, init in enumerate(inits):
             t0 = time.perf_counter()
-            opt.step(closure)
-            dt = time.perf_counter() - t0
-            with torch.no_grad():
-                rows.append((name, initial, float(tobj(z)), evals[0], dt))
-        for name, initial, final, evals, dt in rows:
-            finals[name].append(final)
-            print(f"{k:5d} {name:50} {initial:10.6g} {final:11.6g} {evals:6d} {dt:8.1f} {dt / max(evals, 1):7.3f}")
-    for name in names[1:]:
-        ratio = math.exp(np.mean(np.log(np.array(finals[names[0]]) / np.array(finals[name]))))
-        wins = sum(a <= b for a, b in zip(finals[names[0]], finals[name], strict=True))
-        print(f"ours / {name}: geometric mean of final-loss ratios {ratio:.3f} "
-              f"({'no worse' if ratio <= 1.0 else 'WORSE'}; ours lower or equal in {wins} of {starts} starts)")
+            res = gatys.stylize(s["content"], [s["style"]], s["params"], s["spec"], cfg, init_image=init)
+            rows = [(f"ours: linesearch={ls}", res.initial_losses["total"], res.losses["total"], res.evaluations,
+                     time.perf_counter() - t0)]
+            for key, name, lsf in (("none", "torch LBFGS, no line search (neural-style)", None),
+                                   ("wolfe", "torch LBFGS, strong Wolfe", "strong_wolfe")):
+                initial, final, evals, dt = torch_lbfgs(tobj, init, res.evaluations, lsf)
+                rows.append((name, initial, final, evals, dt))
+                finals[key].append(final)
+            finals["ours"].append(res.losses["total"])
+            for name, initial, final, evals, dt in rows:
+                print(f"{k:5d} {name:46} {initial:10.6g} {final:11.6g} {evals:6d} {dt:8.1f} "
+                      f"{dt / max(evals, 1):7.3f}")
+        out = {}
+        for key in ("none", "wolfe"):
+            ratio = math.exp(np.mean(np.log(np.array(finals["ours"]) / np.array(finals[key]))))
+            wins = sum(a <= b for a, b in zip(finals["ours"], finals[key], strict=True))
+            out[f"ratio_{key}"], out[f"wins_{key}"] = ratio, wins
+            print(f"linesearch={ls}: ours / torch ({key}) at equal evaluations: geometric mean of final-loss "
+                  f"ratios {ratio:.4f} ({'no worse' if ratio <= 1.0 else 'WORSE'}; ours lower or equal in {wins} "
+                  f"of {starts} starts)")
+        summary[ls] = out
+    return summary
 
 
 def main() -> None:
@@ -305,6 +339,8 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=100)
     ap.add_argument("--iteration-size", type=int, default=128)
     ap.add_argument("--starts", type=int, default=3, help="starts of the iteration comparison")
+    ap.add_argument("--linesearches", nargs="+", default=["armijo"],
+                    choices=("armijo", "none", "zoom", "optax-zoom"), help="ours: GatysConfig.linesearch values")
     ap.add_argument("--allocator", choices=("tuned", "default"), default="tuned")
     args = ap.parse_args()
     reexec_with_allocator_env(args.allocator == "tuned")
@@ -315,7 +351,7 @@ def main() -> None:
     torch.set_num_threads(len(os.sched_getaffinity(0)))  # one pinned core (taskset): one thread
     print(f"{machine_note()}; {allocator_note()}; jax {jax.__version__}, torch {torch.__version__}")
     if args.iterations > 0:
-        run_iterations(args.iteration_size, args.iterations, args.starts)
+        run_iterations(args.iteration_size, args.iterations, args.starts, tuple(args.linesearches))
     ratio = time_evaluations(args.sizes, args.repeats, args.budget)
     print(f"\n{machine_note()}")
     if ratio is None:

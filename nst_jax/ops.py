@@ -12,6 +12,8 @@ argument, not a copy of the walk:
   the loop (`with_transposed_kernels`); Gatys' optimisation loops use it.
 - `conv_matmul_weight_grad`: the kernel gradient as matrix products; `conv_for_training` picks it per layer on CPU.
 - `upsample_conv`: nearest x2 upsampling followed by a reflect-padded 3x3 convolution, computed at low resolution.
+- `conv_winograd`: opt-in Winograd F(2x2, 3x3) for 3x3 layers of >= 128 channels (rounding differs slightly from
+  `conv_plain`; no default uses it; benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -380,3 +382,70 @@ def upsample_conv(x: Array, kernel: Array, bias: Array | None) -> Array:
 
     rows = [jnp.stack([phase(a, 0), phase(a, 1)], axis=3) for a in (0, 1)]
     return jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * w, cout)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Winograd F(2x2, 3x3): an opt-in strategy for wide 3x3 layers (not the default anywhere)
+
+# Lavin & Gray (2016): y = A^T [(G g G^T) * (B^T d B)] A on 4x4 input tiles giving 2x2 outputs, 16 products per
+# tile and channel pair instead of 36.
+_WINO_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
+WINOGRAD_MIN_CHANNELS = 128
+
+
+def winograd_kernel(kernel: Array) -> Array:
+    """The transformed kernel G g G^T of a (3, 3, Cin, Cout) HWIO kernel: (16, Cin, Cout), tile position major."""
+    g = jnp.asarray(_WINO_G, kernel.dtype)
+    u = jnp.einsum("ai,ijco,bj->abco", g, kernel, g, precision=lax.Precision.HIGHEST)
+    return u.reshape(16, kernel.shape[2], kernel.shape[3])
+
+
+def _wino_input(t: Array, axis: int, n: int) -> list[Array]:
+    # B^T along one axis: rows 0 - 2, 1 + 2, 2 - 1, 1 - 3 of each 4-wide window, windows at stride 2.
+    def take(a: int) -> Array:
+        idx = [slice(None)] * t.ndim
+        idx[axis] = slice(a, a + 2 * n, 2)
+        return t[tuple(idx)]
+
+    x0, x1, x2, x3 = (take(a) for a in range(4))
+    return [x0 - x2, x1 + x2, x2 - x1, x1 - x3]
+
+
+def conv3x3_winograd(x: Array, kernel: Array, bias: Array | None = None, padding: Padding = "zero") -> Array:
+    """`conv2d(x, kernel, bias, padding)` for a 3x3 kernel by Winograd F(2x2, 3x3) (same values up to rounding).
+
+    Args:
+      x: (N, H, W, Cin); kernel: (3, 3, Cin, Cout) HWIO; bias: (Cout,) or None; padding: "zero" or "reflect".
+
+    Returns:
+      (N, H, W, Cout).
+    """
+    if kernel.shape[:2] != (3, 3) or padding not in ("zero", "reflect"):
+        raise ValueError("conv3x3_winograd takes 3x3 kernels with zero or reflect padding")
+    n, h, w, cin = x.shape
+    cout = kernel.shape[-1]
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect" if padding == "reflect" else "constant")
+    th, tw = -(-h // 2), -(-w // 2)
+    # odd sizes: one more zero row/column, whose outputs are cropped
+    xp = jnp.pad(xp, ((0, 0), (0, 2 * th - h), (0, 2 * tw - w), (0, 0)))
+    rows = _wino_input(xp, 1, th)  # 4 x (N, th, W', C)
+    v = jnp.stack([c for r in rows for c in _wino_input(r, 2, tw)])  # (16, N, th, tw, C)
+    m = lax.dot_general(v.reshape(16, n * th * tw, cin), winograd_kernel(kernel),
+                        (((2,), (1,)), ((0,), (0,))))  # (16, P, Cout)
+    m = m.reshape(4, 4, n, th, tw, cout)
+    # A^T along each axis: outputs 0 = m0 + m1 + m2, 1 = m1 - m2 - m3
+    r0, r1 = m[0] + m[1] + m[2], m[1] - m[2] - m[3]
+    y = jnp.stack([jnp.stack([r[0] + r[1] + r[2], r[1] - r[2] - r[3]], axis=3) for r in (r0, r1)], axis=2)
+    y = y.reshape(n, 2 * th, 2 * tw, cout)[:, :h, :w, :]
+    return y if bias is None else y + jnp.reshape(bias, (1, 1, 1, -1))
+
+
+def conv_winograd(x: Array, layer: Mapping[str, Array], padding: Padding = "zero") -> Array:
+    """Opt-in strategy: `conv3x3_winograd` for 3x3 layers with >= `WINOGRAD_MIN_CHANNELS` input and output
+    channels, `conv_plain` elsewhere. Differentiable (autodiff through the transforms); rounding differs from
+    `conv_plain` by ~1e-6 of the output's scale, which is why no default uses it."""
+    kernel = layer["kernel"]
+    if (kernel.shape[:2] == (3, 3) and padding in ("zero", "reflect")
+            and min(kernel.shape[2], kernel.shape[3]) >= WINOGRAD_MIN_CHANNELS):
+        return conv3x3_winograd(x, kernel, layer.get("bias"), padding)
+    return conv_plain(x, layer, padding)

@@ -45,6 +45,9 @@ from nst_jax.vgg import VGGSpec, check_vgg_params, expected_shapes
 
 ColorMode = Literal["luminance", "histogram"]
 COLOR_MODES = ("luminance", "histogram")
+# Families whose inference runs in bfloat16 when asked (`dtype=jnp.bfloat16`): weights and activations in bf16,
+# statistics and norms in float32. CIN's and the arbitrary network's walks compute in float32 only.
+BF16_FAMILIES = ("adain",)
 
 
 
@@ -106,7 +109,8 @@ class Stylizer:
           vgg_params: VGG19 weights at least up to conv4_1 (`nst_jax.weights.load_vgg`).
           vgg_spec: their identity.
           decoder_params: AdaIN decoder weights (`nst_jax.weights.load_decoder`).
-          dtype: compute dtype: float32 (CPU; bf16 is slower there) or bfloat16 (GPU/TPU).
+          dtype: compute dtype: float32, or bfloat16 (opt-in, for GPU/TPU: slower than float32 on XLA's CPU
+            backend; benchmarks/RESULTS.md).
           cache_size: style conditions kept (least recently used dropped first; 4 KiB each for AdaIN).
 
         Raises:
@@ -131,12 +135,18 @@ class Stylizer:
 
     def _setup(self, family: models.Family, params: Any, frozen: Any, static: Any, dtype: Any,
                cache_size: int) -> None:
+        self.dtype = jnp.dtype(dtype)
+        if self.dtype != jnp.float32:
+            if self.dtype != jnp.bfloat16 or family.name not in BF16_FAMILIES:
+                raise NstError(f"compute dtype {self.dtype} is not supported for a {family.name} model (float32"
+                               f"{'' if family.name not in BF16_FAMILIES else ' or bfloat16'})")
+            # Weights cast once here, so the compiled programs hold bf16 weights (statistics stay float32).
+            params, frozen = (jax.tree.map(lambda v: v.astype(self.dtype), t) for t in (params, frozen))
         self.family = family
         self.caps = family.caps
         self.params = params
         self.frozen = frozen
         self.static = static
-        self.dtype = jnp.dtype(dtype)
         self.cache_size = int(cache_size)
         self.style_encodes = 0
         self._cache: OrderedDict[str, Any] = OrderedDict()

@@ -256,3 +256,96 @@ def test_ceil_mode_keeps_the_odd_row_and_column(rng):
     np.testing.assert_allclose(av[0, 2, 3], x[0, 4, 6], rtol=1e-6)
     np.testing.assert_allclose(av[0, 1, 3], (x[0, 2, 6] + x[0, 3, 6]) / 2, rtol=1e-6)
     assert ops.max_pool(x, 2, 2).shape == (1, 2, 3, 2)
+
+
+# -------------------------------------------------------------------------------- bf16 inference (opt-in)
+
+
+def _adain_nets(size: int, rng):
+    """A random AdaIN encoder/decoder whose float32 pictures span the inside of [0, 1] (little clipping, so the
+    bf16 comparison is not decided by the clip)."""
+    from nst_jax import vgg
+    from nst_jax.models import adain
+    from nst_jax.models import decoder as dec
+    from nst_jax.stylize import Stylizer
+
+    spec = vgg.SPECS["adain"]
+    vp = vgg.init_params(jax.random.PRNGKey(0), spec, adain.TAP)
+    vp["conv0"] = {k: v / 255.0 for k, v in vp["conv0"].items()}  # O(1) activations, as the released weights
+    dp = dec.init_params(jax.random.PRNGKey(1))
+    content = rng.random((2, size, size, 3), dtype=np.float32)
+    style = rng.random((1, size, size, 3), dtype=np.float32)
+    st = Stylizer(vp, spec, dp)
+    m, s = st.style_stats(style)
+    raw = np.asarray(adain.decode(st.decoder, ops.adain_with_stats(
+        adain.content_features(st.vgg, jnp.asarray(content), spec), m, s)))
+    gain = np.float32(0.2 / raw.std())
+    dp["conv1_1"] = {"kernel": dp["conv1_1"]["kernel"] * gain,
+                     "bias": dp["conv1_1"]["bias"] * gain + np.float32(0.5 - raw.mean() * gain)}
+    return vp, spec, dp, content, style
+
+
+# Measured on random networks (benchmarks/RESULTS.md, "bf16 inference"); the bound leaves room for other weights.
+BF16_MAX_ABS = 1e-2
+
+
+def test_adain_bf16_stylizer_matches_float32(rng):
+    from nst_jax.stylize import Stylizer
+
+    vp, spec, dp, content, style = _adain_nets(48, rng)
+    ref = Stylizer(vp, spec, dp).stylize(content, [style], alpha=0.8)
+    st16 = Stylizer(vp, spec, dp, dtype=jnp.bfloat16)
+    assert jax.tree.leaves(st16.params)[0].dtype == jnp.bfloat16  # weights held in bf16
+    out = st16.stylize(content, [style], alpha=0.8)
+    assert out.dtype == np.float32 and out.shape == ref.shape
+    assert np.mean((ref <= 0) | (ref >= 1)) < 0.05
+    diff = np.abs(out - ref)
+    assert diff.max() < BF16_MAX_ABS, diff.max()
+    assert diff.max() > 1e-5  # it did compute in bf16
+    # the style statistics (the cached condition) stay float32
+    assert st16.style_stats(style).mean.dtype == jnp.float32
+
+
+def test_bf16_is_refused_where_a_family_computes_in_float32_only():
+    from nst_jax import models
+    from nst_jax.errors import NstError
+    from nst_jax.models import cin
+    from nst_jax.stylize import Stylizer
+
+    spec = cin.preset("magenta")
+    params = cin.init_params(jax.random.PRNGKey(0), spec)
+    with pytest.raises(NstError, match="bfloat16|not supported"):
+        Stylizer.from_family(models.get("cin"), params, {}, spec, dtype=jnp.bfloat16)
+    with pytest.raises(NstError, match="not supported"):
+        Stylizer.from_family(models.get("cin"), params, {}, spec, dtype=jnp.float16)
+
+
+# -------------------------------------------------------------------------------- Winograd (opt-in strategy)
+
+
+@pytest.mark.parametrize("shape,padding", [((2, 9, 12, 128, 136), "zero"), ((1, 8, 10, 128, 128), "reflect"),
+                                           ((1, 7, 5, 128, 128), "reflect")])
+def test_winograd_matches_conv_plain_forward_and_input_gradient(rng, shape, padding):
+    n, h, w, c, o = shape
+    x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+    layer = {"kernel": (rng.standard_normal((3, 3, c, o)) * 0.05).astype(np.float32),
+             "bias": rng.standard_normal(o).astype(np.float32)}
+    ref = ops.conv_plain(x, layer, padding)
+    got = jax.jit(ops.conv_winograd, static_argnums=2)(x, layer, padding)
+    assert got.shape == ref.shape
+    assert float(jnp.max(jnp.abs(got - ref)) / jnp.max(jnp.abs(ref))) < 1e-4
+    cot = rng.standard_normal(ref.shape).astype(np.float32)
+
+    def vjp(fn):
+        return jax.jit(jax.grad(lambda v: jnp.sum(fn(v, layer, padding) * cot)))(x)
+
+    g_ref, g = vjp(ops.conv_plain), vjp(ops.conv_winograd)
+    assert float(jnp.max(jnp.abs(g - g_ref)) / jnp.max(jnp.abs(g_ref))) < 1e-4
+
+
+def test_winograd_strategy_leaves_narrow_layers_to_conv_plain(rng):
+    x = rng.standard_normal((1, 6, 6, 64)).astype(np.float32)
+    layer = {"kernel": rng.standard_normal((3, 3, 64, 128)).astype(np.float32), "bias": np.zeros(128, np.float32)}
+    np.testing.assert_array_equal(ops.conv_winograd(x, layer, "zero"), ops.conv_plain(x, layer, "zero"))
+    with pytest.raises(ValueError, match="3x3"):
+        ops.conv3x3_winograd(x, layer["kernel"][:1], None, "zero")

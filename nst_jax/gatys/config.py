@@ -16,6 +16,7 @@ from nst_jax import vgg
 from nst_jax.errors import NstError
 
 DEFAULT_CONTENT_LAYERS = ("relu4_2",)
+LINESEARCHES = ("armijo", "none", "zoom", "optax-zoom")
 DEFAULT_STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 
 
@@ -61,7 +62,12 @@ class GatysConfig:
       lr: Adam's learning rate on the (near-identity) pixel variable; L-BFGS: the line search's first trial
         step (None: 1, the quasi-Newton step).
       lbfgs_memory: number of past updates L-BFGS keeps (neural-style and torch.optim.LBFGS: 100).
-      linesearch_steps: most function evaluations of one zoom line search.
+      linesearch: L-BFGS's step: "armijo" (the quasi-Newton step, halved while it does not decrease the loss
+        enough: one evaluation per iteration unless it overshoots), "none" (neural-style's: the step as it is,
+        one evaluation per iteration, uphill steps included), "zoom" (optax's strong-Wolfe zoom search) or
+        "optax-zoom" (optax's own L-BFGS with its zoom search, the earlier default). The first three share
+        `scale_by_lbfgs_checked`'s direction (torch.optim.LBFGS's); benchmarks/RESULTS.md compares them.
+      linesearch_steps: most function evaluations of one line search.
       init: "content", "noise" (seeded: mid-grey plus Gaussian noise, sigma 0.1) or "style" (the first style
         resized to the content's size); later scales start from the previous scale's result.
       seed: seed of the noise initialisation.
@@ -82,6 +88,7 @@ class GatysConfig:
     iterations: int | tuple[int, ...] = 500
     lr: float | None = None
     lbfgs_memory: int = 100
+    linesearch: Literal["armijo", "none", "zoom", "optax-zoom"] = "armijo"
     linesearch_steps: int = 20
     init: Literal["content", "noise", "style"] = "content"
     seed: int = 0
@@ -120,6 +127,8 @@ class GatysConfig:
                 raise NstError(f"{name} must be finite and >= 0, got {v}")
         if self.optimizer not in ("lbfgs", "adam"):
             raise NstError(f"optimizer must be lbfgs or adam, got {self.optimizer!r}")
+        if self.linesearch not in LINESEARCHES:
+            raise NstError(f"linesearch must be one of {', '.join(LINESEARCHES)}, got {self.linesearch!r}")
         if self.init not in ("content", "noise", "style"):
             raise NstError(f"init must be content, noise or style, got {self.init!r}")
         its = self.iterations_per_scale()

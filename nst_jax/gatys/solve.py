@@ -41,6 +41,7 @@ class _Static(NamedTuple):
     lbfgs_memory: int
     linesearch_steps: int
     beta: float = SOFTCLIP_BETA
+    linesearch: str = "armijo"
 
 
 def _objective(z: Array, targets: Targets, enc: Params, static: _Static) -> Array:
@@ -59,14 +60,112 @@ def _terms(z: Array, targets: Targets, enc: Params, static: _Static) -> dict[str
     return loss_terms(x, targets, enc, static.spec, static.content_layers, static.style_layers)
 
 
+class LBFGSState(NamedTuple):
+    """State of `scale_by_lbfgs_checked`: the last point and gradient and a ring of accepted curvature pairs."""
+
+    updates_made: Array
+    head: Array  # slot of the next accepted pair
+    last_params: Array  # the point of the last update
+    last_grad: Array  # the gradient there
+    last_direction: Array  # the direction returned there
+    s: Array  # (m, ...) parameter differences
+    y: Array  # (m, ...) gradient differences
+    rho: Array  # (m,) 1 / (y . s); 0 marks an empty slot
+    gamma: Array  # initial inverse-Hessian scale: (s . y) / (y . y) of the newest accepted pair
+
+
+# torch.optim.LBFGS keeps a curvature pair only if y . s exceeds this (its absolute threshold).
+CURVATURE_EPS = 1e-10
+# Sufficient decrease of the "armijo" line search: f(z + t d) <= f(z) + c1 t g . d (Nocedal & Wright's c1).
+ARMIJO_C1 = 1e-4
+
+
+def scale_by_lbfgs_checked(memory_size: int, first_step: float = 1.0) -> optax.GradientTransformation:
+    """The L-BFGS direction H g (two-loop recursion) as torch.optim.LBFGS and neural-style compute it.
+
+    Against `optax.scale_by_lbfgs` it differs where measurements showed it matters on the Gatys problem
+    (benchmarks/RESULTS.md): a pair (s, y) enters the memory only when y . s > `CURVATURE_EPS` (optax stores
+    every pair, and a pair of negative curvature makes H indefinite), and the very first direction is the gradient
+    scaled by min(1, 1 / ||g||_1) (optax: 1 / ||g||_2, a far longer first step on an image-sized problem).
+
+    Args:
+      memory_size: pairs kept (neural-style, torch: 100).
+      first_step: multiplies the first direction (torch: its lr).
+
+    Returns:
+      A transformation mapping the gradient at `params` (a single array) to the direction H g (descend along
+      its negative).
+    """
+
+    def init_fn(params: Array) -> LBFGSState:
+        z = jnp.zeros((memory_size,) + params.shape, params.dtype)
+        return LBFGSState(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), jnp.zeros_like(params),
+                          jnp.zeros_like(params), jnp.zeros_like(params), z, z, jnp.zeros((memory_size,), jnp.float32),
+                          jnp.ones((), jnp.float32))
+
+    def update_fn(grad: Array, state: LBFGSState, params: Array) -> tuple[Array, LBFGSState]:
+        hi = lax.Precision.HIGHEST
+        # The step taken is a multiple of the last direction. Its length comes from the parameters' difference,
+        # but s itself as that multiple: a difference of float32 pixels near 0.5 loses most digits of a small
+        # step (the first one especially), and a rounded s spoils every later direction.
+        d_prev = state.last_direction.astype(jnp.float32)
+        dd = jnp.vdot(d_prev, d_prev, precision=hi)
+        eta = jnp.vdot((params - state.last_params).astype(jnp.float32), d_prev, precision=hi) / jnp.where(
+            dd > 0, dd, 1.0)
+        s_new = eta * d_prev
+        y_new = (grad - state.last_grad).astype(jnp.float32)
+        ys = jnp.vdot(y_new, s_new, precision=hi)
+        accept = (state.updates_made > 0) & (ys > CURVATURE_EPS)
+        slot = state.head
+        s_mem = jnp.where(accept, state.s.at[slot].set(s_new), state.s)
+        y_mem = jnp.where(accept, state.y.at[slot].set(y_new), state.y)
+        rho = jnp.where(accept, state.rho.at[slot].set(1.0 / jnp.where(accept, ys, 1.0)), state.rho)
+        gamma = jnp.where(accept, ys / jnp.vdot(y_new, y_new, precision=hi), state.gamma)
+        head = jnp.where(accept, (slot + 1) % memory_size, slot)
+
+        def newest_first(j, carry):
+            q, alphas = carry
+            i = (head - 1 - j) % memory_size
+            a = rho[i] * jnp.vdot(s_mem[i], q, precision=hi)
+            return q - a * y_mem[i], alphas.at[i].set(a)
+
+        q, alphas = lax.fori_loop(0, memory_size, newest_first,
+                                  (grad.astype(jnp.float32), jnp.zeros((memory_size,), jnp.float32)))
+        r = q * gamma
+
+        def oldest_first(j, r):
+            i = (head + j) % memory_size
+            b = rho[i] * jnp.vdot(y_mem[i], r, precision=hi)
+            return r + s_mem[i] * (alphas[i] - b)
+
+        r = lax.fori_loop(0, memory_size, oldest_first, r)
+        g1 = jnp.sum(jnp.abs(grad.astype(jnp.float32)))
+        first = grad.astype(jnp.float32) * (first_step * jnp.minimum(1.0, 1.0 / g1))
+        direction = jnp.where(state.updates_made == 0, first, r).astype(grad.dtype)
+        return direction, LBFGSState(state.updates_made + 1, head, params, grad, direction, s_mem, y_mem, rho,
+                                     gamma)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
 def _make_optimizer(static: _Static) -> optax.GradientTransformation:
     if static.optimizer == "adam":
         return optax.adam(0.02 if static.lr is None else static.lr)
+    lr = 1.0 if static.lr is None else static.lr
+    if static.linesearch in ("none", "armijo"):
+        # neural-style's L-BFGS direction and step; "armijo" halves the step in `_run_chunk` where it must.
+        return optax.chain(scale_by_lbfgs_checked(static.lbfgs_memory), optax.scale(-lr))
     linesearch = optax.scale_by_zoom_linesearch(max_linesearch_steps=static.linesearch_steps,
                                                 initial_guess_strategy="one")
-    # lr=None lets the line search's accepted step be the step; a given lr scales its first trial.
-    tx = optax.lbfgs(learning_rate=static.lr, memory_size=static.lbfgs_memory, linesearch=linesearch)
-    return tx
+    if static.linesearch == "zoom":
+        return optax.chain(scale_by_lbfgs_checked(static.lbfgs_memory), optax.scale(-lr), linesearch)
+    # "optax-zoom": optax's own L-BFGS (every pair kept, first step 1/||g||_2); lr=None lets the line search's
+    # accepted step be the step, a given lr scales its first trial.
+    return optax.lbfgs(learning_rate=static.lr, memory_size=static.lbfgs_memory, linesearch=linesearch)
+
+
+def _uses_linesearch(static: _Static) -> bool:
+    return static.optimizer == "lbfgs" and static.linesearch != "none"
 
 
 @functools.partial(jax.jit, static_argnames=("static",))
@@ -78,8 +177,10 @@ def _init_state(z: Array, targets: Targets, enc: Params, static: _Static) -> Any
     """
     tx = _make_optimizer(static)
     state = tx.init(z)
-    if static.optimizer == "lbfgs":
+    if _uses_linesearch(static):
         value, grad = jax.value_and_grad(_objective)(z, targets, enc, static)
+        if static.linesearch == "armijo":
+            return {"tx": state, "value": value, "grad": grad}
         state = optax.tree_utils.tree_set(state, value=value, grad=grad)
     return state
 
@@ -91,7 +192,31 @@ def _run_chunk(z: Array, state: Any, targets: Targets, enc: Params, n: Array,
     tx = _make_optimizer(static)
     fn = functools.partial(_objective, targets=targets, enc=enc, static=static)
 
-    if static.optimizer == "lbfgs":
+    if static.optimizer == "lbfgs" and static.linesearch == "armijo":
+        vg = jax.value_and_grad(fn)
+
+        def body(_, carry):
+            z, state, _, evals = carry
+            value, grad = state["value"], state["grad"]
+            d, tx_state = tx.update(grad, state["tx"], z)
+            slope = jnp.vdot(grad, d, precision=lax.Precision.HIGHEST)
+
+            def more(c):
+                t, _, v, _, k = c
+                # NaN or inf counts as no decrease
+                return (k == 0) | (~(v <= value + ARMIJO_C1 * t * slope) & (k < static.linesearch_steps))
+
+            def trial(c):
+                t, _, _, _, k = c
+                t = jnp.where(k == 0, jnp.float32(1.0), t * jnp.float32(0.5))
+                zt = z + t * d
+                v, g = vg(zt)
+                return t, zt, v, g, k + 1
+
+            init_c = (jnp.float32(1.0), z, value, grad, jnp.zeros((), jnp.int32))
+            _, z, v, g, k = lax.while_loop(more, trial, init_c)
+            return z, {"tx": tx_state, "value": v, "grad": g}, v, evals + k
+    elif _uses_linesearch(static):
         def body(_, carry):
             z, state, _, evals = carry
             value = optax.tree_utils.tree_get(state, "value")
@@ -239,7 +364,8 @@ def stylize(content: Any, styles: Sequence[Any], params: Params, spec: vgg.VGGSp
 
     weights = config.loss_weights(spec)
     static = _Static(spec, tuple(config.content_layers), tuple(config.style_layers), config.optimizer,
-                     None if config.lr is None else float(config.lr), config.lbfgs_memory, config.linesearch_steps)
+                     None if config.lr is None else float(config.lr), config.lbfgs_memory, config.linesearch_steps,
+                     linesearch=config.linesearch)
     scales = config.scales or (max(content.shape[1:3]),)
     its = config.iterations_per_scale()
 
@@ -280,7 +406,7 @@ def stylize(content: Any, styles: Sequence[Any], params: Params, spec: vgg.VGGSp
                 initial_losses = _float_terms(_terms(z, targets, enc, static))
             if n_its > 0:
                 state = _init_state(z, targets, enc, static)
-                if static.optimizer == "lbfgs":
+                if _uses_linesearch(static):
                     evals += 1
             done = 0
             while done < n_its:

@@ -30,6 +30,7 @@ from nst_jax import losses, ops, vgg
 from nst_jax.errors import NstError
 from nst_jax.models import Caps, Family
 from nst_jax.models import decoder as dec
+from nst_jax.stability import StabilityTerm
 from nst_jax.typing import Array, Params
 from nst_jax.vgg import VGGSpec, encode
 
@@ -146,7 +147,8 @@ def stylize(vgg_params: Params, decoder_params: Params, content: Array, s_mean: 
 
     Args:
       vgg_params, decoder_params: parameter trees.
-      content: (N, H, W, 3) or (1, H, W, 3) images in [0, 1], in the compute dtype.
+      content: (N, H, W, 3) or (1, H, W, 3) images in [0, 1], in the compute dtype (float32, or bfloat16 with
+        bf16 parameters: convolutions in bf16, AdaIN's statistics in float32).
       s_mean, s_std: (N, 1, 1, 512) style statistics (a batch of 1 content is broadcast to N styles).
       alpha: (N,) stylization strength in [0, 1].
       spec: the encoder's identity.
@@ -156,7 +158,9 @@ def stylize(vgg_params: Params, decoder_params: Params, content: Array, s_mean: 
     """
     n = s_mean.shape[0]
     f = _broadcast(content_features(vgg_params, content, spec), n)
-    t = ops.adain_with_stats(f, s_mean.astype(f.dtype), s_std.astype(f.dtype), EPS)
+    # The statistics in float32 whatever the compute dtype: bf16's 8-bit mantissa would round means and variances.
+    f32 = jnp.float32
+    t = ops.adain_with_stats(f.astype(f32), s_mean.astype(f32), s_std.astype(f32), EPS).astype(f.dtype)
     out = decode(decoder_params, mix_alpha(t, f, alpha))
     return _finish(out, content.shape[1], content.shape[2])
 
@@ -250,6 +254,12 @@ class LossConfig:
     style_layer_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
     dtype: str = "float32"  # compute dtype; configs allow float32 and bfloat16 (tests also use float64)
     spec: VGGSpec | None = None
+    stability: StabilityTerm = StabilityTerm()  # off by default: the loss is then exactly the one above
+
+    @property
+    def wants_step(self) -> bool:
+        """Whether the loss needs `batch["step"]` (the stability term's random warps come from it)."""
+        return self.stability.on
 
     @classmethod
     def from_config(cls, config) -> LossConfig:
@@ -265,11 +275,11 @@ class LossConfig:
         if config.dtype not in ("float32", "bfloat16"):
             raise NstError(f"config.dtype must be float32 or bfloat16, got {config.dtype!r}")
         return cls(float(config.content_weight), float(config.style_weight), layers, weights,
-                   str(config.dtype))
+                   str(config.dtype), stability=StabilityTerm.from_config(config))
 
 
 def compute_loss(params: Mapping, vgg_params: Mapping, content: Array, style: Array, spec: VGGSpec,
-                 lc: LossConfig) -> tuple[Array, dict[str, Array]]:
+                 lc: LossConfig, step: Array | None = None) -> tuple[Array, dict[str, Array]]:
     """The AdaIN training loss of one batch and its terms.
 
     Args:
@@ -278,10 +288,11 @@ def compute_loss(params: Mapping, vgg_params: Mapping, content: Array, style: Ar
       content, style: (N, S, S, 3) images in [0, 1].
       spec: the encoder's identity.
       lc: weights, layers and compute dtype.
+      step: the training step (the stability term's warps; needed when `lc.stability` is on).
 
     Returns:
-      (loss, {"loss", "loss_content", "loss_style" (weighted, summing to loss),
-              "style/<layer>" (unweighted)}).
+      (loss, {"loss", "loss_content", "loss_style" [, "loss_stability"] (weighted, summing to loss),
+              "style/<layer>" [, "stability"] (unweighted)}).
     """
     dt = jnp.dtype(lc.dtype)
     # Statistics and losses in float32 at least (bfloat16 compute), float64 when the tests ask for it.
@@ -304,6 +315,13 @@ def compute_loss(params: Mapping, vgg_params: Mapping, content: Array, style: Ar
     loss = weighted_c + weighted_s
     metrics = {"loss": loss, "loss_content": weighted_c, "loss_style": weighted_s}
     metrics.update({f"style/{k}": v for k, v in per_layer.items()})
+    if lc.stability.on:
+        def forward(x: Array) -> Array:  # the same style statistics for the perturbed content
+            f = encode(vgg_params, x.astype(dt), spec, (CONTENT_LAYER,))[CONTENT_LAYER].astype(f32)
+            t2 = jax.lax.stop_gradient(ops.adain(f, style_feats[CONTENT_LAYER], EPS))
+            return dec.decode(params, t2.astype(dt), conv=ops.conv_for_training)
+
+        loss, metrics = lc.stability.add(loss, metrics, forward, content, g, step)
     return loss, metrics
 
 
@@ -339,7 +357,7 @@ def setup(config) -> tuple[dict, LossConfig]:
 
 def loss_fn(params: Mapping, frozen: Mapping, batch: Mapping[str, Array], lc: LossConfig):
     """`compute_loss` on the family contract: batch {"content", "style"}."""
-    return compute_loss(params, frozen["vgg"], batch["content"], batch["style"], lc.spec, lc)
+    return compute_loss(params, frozen["vgg"], batch["content"], batch["style"], lc.spec, lc, batch.get("step"))
 
 
 def sample(params: Mapping, frozen: Mapping, samples: Mapping[str, Array], lc: LossConfig) -> Array:
