@@ -82,7 +82,8 @@ def test_masks_scales_and_luminance(files, tmp_path, capsys, monkeypatch):
     rc, stdout, err = run(capsys, str(files / "content.png"), "--style", str(files / "style.png"),
                           "--style", str(files / "style2.jpg"), "--mask", str(files / "mask.png"), *LAYERS,
                           "--weights", str(files / "vgg.npz"), "--scales", "24,32", "--iterations", "3,2",
-                          "--preserve-color", "luminance", "--pooling", "avg", "--init", "noise", "--quiet")
+                          "--preserve-color", "luminance", "--pooling", "avg", "--init", "noise", "--quiet",
+                          "--linesearch", "none")
     assert rc == 0, err
     out = tmp_path / "output" / "content_gatys_style_style2.png"  # the default name
     assert stdout.strip() == str(out.relative_to(tmp_path))
@@ -159,7 +160,7 @@ def test_library_parameter_names_become_flags():
         assert flag_message(text) == text
     bad = dict(layer_weights="big", content_weight=-1.0, style_weight=float("nan"), tv_weight=-2.0,
                optimizer="sgd", init="zeros", iterations=-1, scales=(8,), lr=0.0, style_scale=0.0,
-               preserve_color="hsv", lbfgs_memory=0)
+               preserve_color="hsv", lbfgs_memory=0, linesearch="wolfe")
     for field, value in bad.items():
         with pytest.raises(NstError) as e:
             GatysConfig(**{field: value}).validate()

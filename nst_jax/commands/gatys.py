@@ -65,6 +65,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="optimiser steps, one number or one per scale (default 500)")
     opt.add_argument("--lbfgs-memory", type=int, default=100, metavar="M",
                      help="L-BFGS history length (default 100, as neural-style)")
+    opt.add_argument("--linesearch", choices=("armijo", "none", "zoom", "optax-zoom"), default="armijo",
+                     help="L-BFGS's step: armijo (default: the quasi-Newton step, halved while the loss does not "
+                          "drop enough), none (neural-style's: the step as it is), zoom (strong Wolfe), "
+                          "optax-zoom (optax's own L-BFGS)")
     opt.add_argument("--init", choices=("content", "noise", "style"), default="content",
                      help="start from the content (default), seeded noise, or the first style")
     opt.add_argument("--init-image", metavar="FILE", help="start from this image (overrides --init)")
@@ -102,6 +106,7 @@ FLAGS = {
     "iterations": "--iterations",
     "lr": "--lr",
     "lbfgs_memory": "--lbfgs-memory",
+    "linesearch": "--linesearch",
     "init": "--init",
     "seed": "--seed",
     "scales": "--scales",
@@ -200,6 +205,7 @@ def build_config(args: argparse.Namespace):
         iterations=iterations[0] if len(iterations) == 1 else iterations,
         lr=args.lr,
         lbfgs_memory=args.lbfgs_memory,
+        linesearch=args.linesearch,
         init=args.init,
         seed=args.seed,
         scales=scales,

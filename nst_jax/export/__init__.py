@@ -30,13 +30,13 @@ from typing import Any
 import numpy as np
 
 from nst_jax.errors import NstError
+from nst_jax.export.info import META_PREFIX, read_convention
 
 FORMATS = ("onnx", "tflite")
 # LiteRT: the families onnx2tf converts (measured); AdaIN's VGG graph was not tried
 TFLITE_FAMILIES = ("cin", "arbitrary")
 LAYOUTS = ("NCHW", "NHWC")
 STYLE_SUFFIX = "_style"
-META_PREFIX = "nst_jax."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,25 +307,6 @@ def _check_styles(stylizer: Any, styles: Sequence[Any]) -> None:
             raise NstError(f"a {stylizer.family.name} style is an index into its table, got an image")
         if caps.style_images and (is_index or np.ndim(s) < 3):
             raise NstError(f"a {stylizer.family.name} style is an image, got {s!r}")
-
-
-def read_convention(path: str | Path) -> dict[str, Any]:
-    """The nst-jax metadata of an exported `.onnx` (parsed, nothing run), plus its inputs and outputs.
-
-    Returns:
-      {"metadata": {key without prefix: value}, "inputs": [(name, dtype, shape)], "outputs": [...],
-       "opset": {domain: version}, "producer": str}.
-    """
-    from nst_jax.weights.onnx import _load_model, read_onnx
-
-    p = Path(path)
-    model = _load_model(p)
-    meta = {e.key[len(META_PREFIX):] if e.key.startswith(META_PREFIX) else e.key: e.value
-            for e in model.metadata_props}
-    graph = read_onnx(p)
-    return {"metadata": meta, "inputs": [(v.name, v.dtype, v.shape) for v in graph.inputs],
-            "outputs": [(v.name, v.dtype, v.shape) for v in graph.outputs], "opset": graph.opset,
-            "producer": graph.producer}
 
 
 __all__ = ["FORMATS", "LAYOUTS", "Exported", "build", "export_model", "export_stylizer", "read_convention",

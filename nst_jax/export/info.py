@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
+
+META_PREFIX = "nst_jax."  # the metadata keys nst-jax writes into an exported graph
 
 
 def _shape(shape: tuple | None) -> str:
@@ -19,8 +22,6 @@ def print_onnx_info(path: str | Path) -> int:
     Raises:
       WeightsError: missing, unreadable or not ONNX (one line).
     """
-    from nst_jax.export import read_convention
-
     info = read_convention(path)
     meta = info["metadata"]
     opsets = ", ".join(f"{d or 'ai.onnx'} {v}" for d, v in info["opset"].items())
@@ -50,4 +51,23 @@ def print_onnx_info(path: str | Path) -> int:
     return 0
 
 
-__all__ = ["print_onnx_info"]
+def read_convention(path: str | Path) -> dict[str, Any]:
+    """The nst-jax metadata of an exported `.onnx` (parsed, nothing run), plus its inputs and outputs.
+
+    Returns:
+      {"metadata": {key without prefix: value}, "inputs": [(name, dtype, shape)], "outputs": [...],
+       "opset": {domain: version}, "producer": str}.
+    """
+    from nst_jax.weights.onnx import _load_model, read_onnx
+
+    p = Path(path)
+    model = _load_model(p)
+    meta = {e.key[len(META_PREFIX):] if e.key.startswith(META_PREFIX) else e.key: e.value
+            for e in model.metadata_props}
+    graph = read_onnx(p)
+    return {"metadata": meta, "inputs": [(v.name, v.dtype, v.shape) for v in graph.inputs],
+            "outputs": [(v.name, v.dtype, v.shape) for v in graph.outputs], "opset": graph.opset,
+            "producer": graph.producer}
+
+
+__all__ = ["META_PREFIX", "print_onnx_info", "read_convention"]

@@ -35,7 +35,7 @@ def onnx_to_tflite(onnx_path: str | Path, out: str | Path, *, overwrite: bool = 
         import onnx2tf
     except ImportError:
         raise NstError("LiteRT export needs onnx2tf and TensorFlow (pip install 'nst-jax[litert]')") from None
-    from nst_jax.export import read_convention
+    from nst_jax.export.info import read_convention
     from nst_jax.files import atomic_write
 
     out = Path(out)

@@ -57,7 +57,7 @@ class GatysConfig:
       content_layers, style_layers: VGG19 taps (names from `nst_jax.vgg.LAYERS`).
       layer_weights: "equal", "channels" (C_l**2 / L) or one number per style layer.
       content_weight, style_weight, tv_weight: term weights (see `nst_jax.gatys` for the formulas).
-      optimizer: "lbfgs" (optax.lbfgs with a zoom line search) or "adam".
+      optimizer: "lbfgs" (on torch.optim.LBFGS's direction, the step set by `linesearch`) or "adam".
       iterations: optimiser steps per scale: one number for all scales or one per scale.
       lr: Adam's learning rate on the (near-identity) pixel variable; L-BFGS: the line search's first trial
         step (None: 1, the quasi-Newton step).
