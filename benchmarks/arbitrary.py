@@ -37,6 +37,7 @@ from benchmarks.common import (  # noqa: E402
     allocator_note,
     interleave,
     machine_note,
+    ort_options,
     paired_ratio,
     reexec_with_allocator_env,
     summarize,
@@ -121,10 +122,7 @@ def main() -> None:
     float_copy(transform_path, tmp / "transform_float.onnx")
 
     def session(path):
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = args.threads
-        opts.log_severity_level = 3
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), ort_options(args.threads), providers=["CPUExecutionProvider"])
 
     sessions = {"predict int8": session(predict_path), "predict float": session(tmp / "predict_float.onnx"),
                 "transform int8": session(transform_path),

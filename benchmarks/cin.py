@@ -36,6 +36,7 @@ from benchmarks.common import (  # noqa: E402
     allocator_note,
     interleave,
     machine_note,
+    ort_options,
     paired_ratio,
     reexec_with_allocator_env,
     summarize,
@@ -89,9 +90,7 @@ def main() -> None:
     params, spec = load_multistyle26(path)
     params = jax.tree.map(jnp.asarray, params)
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = args.threads
-    so.inter_op_num_threads = 1
+    so = ort_options(args.threads)
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     exported = export_session(params, spec, so)
 

@@ -74,6 +74,23 @@ def machine_note() -> str:
     return f"{os.cpu_count()} CPUs ({model}), load average {load}"
 
 
+def ort_options(threads: int):
+    """onnxruntime session options for an interleaved comparison: `threads` intra-op threads, no spinning.
+
+    onnxruntime's idle workers spin by default; in a round-robin with other sessions (or XLA) the spinning pool
+    of the session that just ran takes cores from the next one, so each contender would be timed against the
+    others' idle threads (benchmarks/RESULTS.md has the measurement).
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
 def interleave(fns: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 1,
                budget_s: float | None = None,
                cpu_times: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
