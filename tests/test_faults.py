@@ -218,7 +218,8 @@ def test_a_real_full_disk_stops_with_one_error_line_and_keeps_the_previous_check
         p = subprocess.run(_cmd(wd, image_dirs, "--config.num_steps=4", "--config.checkpoint_every=2"),
                            env=_env(tmp_path), capture_output=True, text=True, timeout=300)
         assert p.returncode == 2, p.stderr[-2000:]
-        errors = [ln for ln in p.stderr.splitlines() if ln.startswith("train.py: error:")]
+        # TensorStore's stray "Event loop is closed" tracebacks (a known, unfixed leak) may share a line with ours
+        errors = [ln[ln.index("train.py: error:"):] for ln in p.stderr.splitlines() if "train.py: error:" in ln]
         assert len(errors) == 1 and "no space left on device" in errors[0], p.stderr[-3000:]
         assert "previous checkpoint (step 2) is intact" in errors[0]
         assert _steps(wd) == [2]
