@@ -19,7 +19,6 @@ argument, not a copy of the walk:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from functools import partial
 from typing import Literal
 
 import jax
@@ -287,63 +286,6 @@ def conv_input_grad(x: Array, layer: Mapping[str, Array], padding: Padding = "ze
     else:
         y = _same_conv_input_grad(x, kernel, kernel_t)
     return y if bias is None else y + jnp.reshape(lax.stop_gradient(bias), (1, 1, 1, -1))
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
-def conv2d_matmul_weight_grad(x: Array, kernel: Array, bias: Array, padding: Padding) -> Array:
-    """`conv2d` (same forward, same gradients) whose kernel gradient is computed as matrix products.
-
-    XLA's CPU backend runs the kernel-gradient ("backward filter") convolution of some 3x3 layers at a third of its
-    forward speed or less, and it dominated the AdaIN training step. Written as kh matmuls over the kw-shifted
-    input, (N*H*W, kw*Cin)^T @ (N*H*W, Cout), it runs up to 3x faster for the wide layers
-    (benchmarks/train.py). The input gradient stays XLA's own transposed convolution.
-    """
-    return conv2d(x, kernel, bias, padding)
-
-
-def _mm_fwd(x, kernel, bias, padding):
-    return conv2d(x, kernel, bias, padding), (x, kernel)
-
-
-def _mm_bwd(padding, res, dy):
-    x, kernel = res
-    _, input_vjp = jax.vjp(lambda v: conv2d(v, kernel, None, padding), x)
-    (dx,) = input_vjp(dy)
-    kh, kw, cin, cout = kernel.shape
-    ph, pw = _pad_widths(kernel, padding)
-    widths = ((0, 0), (ph, ph), (pw, pw), (0, 0))
-    xp = jnp.pad(x, widths, mode="reflect") if padding == "reflect" and (ph or pw) else jnp.pad(x, widths)
-    n, h, w, _ = dy.shape
-    cols = jnp.concatenate([xp[:, :, j:j + w, :] for j in range(kw)], axis=-1)  # (N, H + 2ph, W, kw*Cin)
-    d2 = dy.reshape(n * h * w, cout)
-    rows = [jnp.dot(cols[:, i:i + h].reshape(n * h * w, kw * cin).T, d2, preferred_element_type=jnp.float32)
-            for i in range(kh)]
-    dk = jnp.stack(rows).reshape(kh, kw, cin, cout).astype(kernel.dtype)
-    db = jnp.sum(dy, axis=(0, 1, 2), dtype=jnp.float32).astype(dy.dtype)
-    return dx, dk, db
-
-
-conv2d_matmul_weight_grad.defvjp(_mm_fwd, _mm_bwd)
-
-
-def conv_matmul_weight_grad(x: Array, layer: Mapping[str, Array], padding: Padding = "zero") -> Array:
-    """`conv2d_matmul_weight_grad` as a strategy (the layer needs a bias)."""
-    return conv2d_matmul_weight_grad(x, layer["kernel"], layer["bias"], padding)
-
-
-# Measured per layer (benchmarks/train.py): the products win from 128 output channels on; below, XLA's own kernel
-# gradient is as fast or faster.
-MATMUL_WEIGHT_GRAD_MIN_CHANNELS = 128
-
-
-def conv_for_training(x: Array, layer: Mapping[str, Array], padding: Padding = "zero") -> Array:
-    """The trainer's strategy: on CPU, `conv_matmul_weight_grad` for layers of >= 128 output channels with a bias;
-    elsewhere (GPU, TPU, narrow layers) XLA's own gradients, which are fast there."""
-    kernel = layer["kernel"]
-    if (jax.default_backend() == "cpu" and kernel.shape[-1] >= MATMUL_WEIGHT_GRAD_MIN_CHANNELS
-            and layer.get("bias") is not None):
-        return conv_matmul_weight_grad(x, layer, padding)
-    return conv_plain(x, layer, padding)
 
 
 def _phase_taps(k: Array, axis: int) -> tuple[Array, Array]:

@@ -32,7 +32,9 @@ def tune_allocator() -> bool:
     docs/stylize.md, Performance). One arena, no mmap and no trimming keep the memory in the process. Like starting
     with `MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>`; call it before the first
     computation. The cost: memory freed after a large image stays with the process until it exits. The
-    command lines call it; NST_JAX_MALLOC=default turns it off.
+    command lines call it; NST_JAX_MALLOC=default turns it off. The trim threshold is -1 (never trim, as
+    mallopt(3) documents) rather than the largest int: a training step frees more than 2 GiB at once,
+    and trimming it made every step fault all that memory in again (benchmarks/RESULTS.md).
 
     Returns:
       whether the settings were applied (False on non-glibc systems or when turned off).
@@ -46,4 +48,4 @@ def tune_allocator() -> bool:
         return False
     m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8
     return all(mallopt(param, value) == 1 for param, value in
-               ((m_arena_max, 1), (m_mmap_max, 0), (m_trim_threshold, 2**31 - 1)))
+               ((m_arena_max, 1), (m_mmap_max, 0), (m_trim_threshold, -1)))

@@ -107,16 +107,34 @@ def load_image_set(config, key: str, limit: int | None = None) -> tuple[np.ndarr
 
 _COMPILED: dict = {}
 
+# XLA's CPU backend hands each convolution to YNNPACK by default. At training batch sizes its kernel-gradient
+# ("backward filter") convolutions run several times slower than the forward, and its forward trails XLA's own
+# Eigen convolutions; keeping YNNPACK for matrix products only is the fastest train step measured
+# (benchmarks/train.py, benchmarks/RESULTS.md). Inference keeps the default: at batch 1 YNNPACK fuses whole
+# zero-padded encoders into one graph.
+CPU_TRAINING_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+def compiler_options() -> dict[str, str]:
+    """XLA options for compiling a train step on the default backend (`CPU_TRAINING_COMPILER_OPTIONS` on CPU).
+
+    `NST_JAX_XLA_DEFAULTS=1` compiles with XLA's defaults instead (to compare).
+    """
+    if jax.default_backend() != "cpu" or os.environ.get("NST_JAX_XLA_DEFAULTS", "") == "1":
+        return {}
+    return dict(CPU_TRAINING_COMPILER_OPTIONS)
+
 
 def compile_cached(step_fn, *args):
-    """AOT-compile `step_fn` for `args` (timed apart from the steps), reusing an in-process compile."""
+    """AOT-compile `step_fn` for `args` (timed apart from the steps, with `compiler_options()`), reusing an
+    in-process compile."""
     leaves, treedef = jax.tree.flatten(args)
     key = (step_fn, treedef, tuple((x.shape, str(x.dtype), x.sharding) for x in leaves))
     cached = key in _COMPILED
     if not cached:
         if len(_COMPILED) > 8:
             _COMPILED.clear()
-        _COMPILED[key] = step_fn.lower(*args).compile()
+        _COMPILED[key] = step_fn.lower(*args).compile(compiler_options=compiler_options())
     return _COMPILED[key], cached
 
 

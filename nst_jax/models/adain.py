@@ -304,7 +304,7 @@ def compute_loss(params: Mapping, vgg_params: Mapping, content: Array, style: Ar
     content_feat = both[CONTENT_LAYER][:n].astype(f32)
     style_feats = {k: both[k][n:].astype(f32) for k in taps}
     t = jax.lax.stop_gradient(ops.adain(content_feat, style_feats[CONTENT_LAYER], EPS))
-    g = dec.decode(params, t.astype(dt), conv=ops.conv_for_training)
+    g = dec.decode(params, t.astype(dt))
     g_feats = encode(vgg_params, g, spec, taps)
     loss_c = losses.content_loss(g_feats[CONTENT_LAYER].astype(f32), t)
     per_layer = {k: losses.mean_std_style_loss(g_feats[k].astype(f32), style_feats[k], EPS)
@@ -319,7 +319,7 @@ def compute_loss(params: Mapping, vgg_params: Mapping, content: Array, style: Ar
         def forward(x: Array) -> Array:  # the same style statistics for the perturbed content
             f = encode(vgg_params, x.astype(dt), spec, (CONTENT_LAYER,))[CONTENT_LAYER].astype(f32)
             t2 = jax.lax.stop_gradient(ops.adain(f, style_feats[CONTENT_LAYER], EPS))
-            return dec.decode(params, t2.astype(dt), conv=ops.conv_for_training)
+            return dec.decode(params, t2.astype(dt))
 
         loss, metrics = lc.stability.add(loss, metrics, forward, content, g, step)
     return loss, metrics

@@ -71,7 +71,7 @@ def decode(params: Mapping[str, Mapping[str, Array]], t: Array, *, conv: ops.Con
     Args:
       params: the decoder tree.
       t: (N, h, w, 512) features.
-      conv: the convolution strategy (`ops.conv_for_training` in the trainer).
+      conv: the convolution strategy (`nst_jax.ops`; `ops.conv_plain` by default).
       fused_upsample: compute each upsampling and the convolution after it as `ops.upsample_conv` at the low
         resolution (same result, 16/36 of the multiply-adds; inference).
     """
