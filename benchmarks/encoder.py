@@ -333,73 +333,6 @@ def _nchw_encoder(spec):
     return jax.jit(enc)
 
 
-def winograd_conv3x3(xp, kernel):
-    """3x3 convolution of an already padded input (N, H+2, W+2, C) -> (N, H, W, O) by Winograd F(2x2, 3x3).
-
-    2.25x fewer multiplications than direct convolution, at the cost of input/output transforms (4x the input
-    and output in memory) and rounding that differs from direct convolution by ~1e-6 relative.
-    """
-    import jax.numpy as jnp
-    from jax import lax
-
-    n, hp, wp, c = xp.shape
-    h, w = hp - 2, wp - 2
-    eh, ew = h % 2, w % 2  # odd sizes: one extra (discarded) output row / column
-    if eh or ew:
-        xp = jnp.pad(xp, ((0, 0), (0, eh), (0, ew), (0, 0)))
-    th, tw = (h + eh) // 2, (w + ew) // 2
-    o = kernel.shape[3]
-    g = jnp.asarray([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], kernel.dtype)
-    u = jnp.einsum("ai,ijco,bj->abco", g, kernel, g, precision=lax.Precision.HIGHEST).reshape(16, c, o)
-    a = [xp[:, i:i + 2 * th:2] for i in range(4)]
-    v = []
-    for r in (a[0] - a[2], a[1] + a[2], a[2] - a[1], a[1] - a[3]):
-        b = [r[:, :, j:j + 2 * tw:2] for j in range(4)]
-        v += [b[0] - b[2], b[1] + b[2], b[2] - b[1], b[1] - b[3]]
-    m = jnp.einsum("tpc,tco->tpo", jnp.stack(v).reshape(16, n * th * tw, c), u).reshape(4, 4, n, th, tw, o)
-    s0, s1 = m[0] + m[1] + m[2], m[1] - m[2] - m[3]
-    y0 = jnp.stack([s0[0] + s0[1] + s0[2], s0[1] - s0[2] - s0[3]], axis=3)
-    y1 = jnp.stack([s1[0] + s1[1] + s1[2], s1[1] - s1[2] - s1[3]], axis=3)
-    y = jnp.stack([y0, y1], axis=2).reshape(n, 2 * th, 2 * tw, o)
-    return y[:, :h, :w]
-
-
-def _winograd_encoder(spec, min_channels: int):
-    """The encoder with Winograd F(2x2,3x3) for the convolutions with at least `min_channels` inputs."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from nst_jax import ops, vgg
-
-    def idx(n):
-        i = np.abs(np.arange(-1, n + 1))
-        return np.where(i > n - 1, 2 * (n - 1) - i, i)
-
-    def enc(params, x):
-        h = vgg.preprocess(x, spec)
-        if spec.preconv:
-            h = ops.conv2d(h, params["conv0"]["kernel"], params["conv0"]["bias"], "valid")
-        for name in vgg.LAYERS[: vgg.LAYERS.index(TAP) + 1]:
-            if name.startswith("conv"):
-                p = params[name]
-                if p["kernel"].shape[2] >= min_channels:
-                    if spec.padding == "reflect":
-                        hp = jnp.take(jnp.take(h, idx(h.shape[1]), axis=1), idx(h.shape[2]), axis=2)
-                    else:
-                        hp = jnp.pad(h, ((0, 0), (1, 1), (1, 1), (0, 0)))
-                    h = winograd_conv3x3(hp, p["kernel"]) + p["bias"]
-                else:
-                    h = ops.conv2d(h, p["kernel"], p["bias"], spec.padding)
-            elif name.startswith("relu"):
-                h = jax.nn.relu(h)
-            else:
-                h = (ops.max_pool if spec.pooling == "max" else ops.avg_pool)(h, 2, 2, spec.ceil_mode)
-        return h
-
-    return jax.jit(enc)
-
-
 def reduce_window_max_pool(x, ceil_mode: bool):
     """2x2/2 max pooling as lax.reduce_window: what nst_jax.ops.max_pool did before it used strided slices."""
     import jax.numpy as jnp
@@ -447,9 +380,10 @@ def explore(sizes, repeats, budget_s, names=None) -> None:
                                              pool=lambda h, c: ops.max_pool(h, 2, 2, c))
     fns["padded_carry"] = _encoder_with(None, spec, padded_carry=True)
     fns["nchw_net"] = _nchw_encoder(spec)
-    fns["winograd_c256"] = _winograd_encoder(spec, 256)
-    fns["winograd_c128"] = _winograd_encoder(spec, 128)
-    zero_fns = {"nchw_net_zero": _nchw_encoder(zspec), "winograd_c256_zero": _winograd_encoder(zspec, 256),
+    plain = jax.jit(lambda p, x: vgg.encode(p, x, spec, (TAP,), conv=ops.conv_plain)[TAP])
+    fns["direct_convolutions"] = plain  # no Winograd: conv_plain everywhere
+    zplain = jax.jit(lambda p, x: vgg.encode(p, x, zspec, (TAP,), conv=ops.conv_plain)[TAP])
+    zero_fns = {"nchw_net_zero": _nchw_encoder(zspec), "direct_convolutions_zero": zplain,
                 "reduce_window_pool_zero": _encoder_zero(zspec, reduce_window_max_pool)}
     if names:
         fns = {n: f for n, f in fns.items() if n in names}

@@ -39,6 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.style_layers = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
     c.style_layer_weights = (1.0, 1.0, 1.0, 1.0)
     c.dtype = "float32"            # compute dtype of the networks: "float32" or "bfloat16" (GPU/TPU)
+    c.convolutions = "winograd"    # wide 3x3 convolutions by Winograd F(4x4, 3x3), or "direct" (AdaIN)
     # a random small shift/rotation/noise of the content must give the same shift of the output (Gupta et al.
     # 2017, ReCoNet 2018; nst_jax.stability); 0 = off. One more encoder + decoder pass per step when on.
     c.stability_weight = 0.0

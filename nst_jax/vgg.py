@@ -201,7 +201,7 @@ def preprocess(x: Array, spec: VGGSpec) -> Array:
 
 
 def encode(params: Params, x: Array, spec: VGGSpec, taps: Sequence[str] = ("relu4_1",), *,
-           conv: ops.ConvFn = ops.conv_plain) -> dict[str, Array]:
+           conv: ops.ConvFn = ops.conv_winograd) -> dict[str, Array]:
     """Run the VGG (19 or 16, as `spec.arch` says) on images up to the deepest requested tap.
 
     Args:

@@ -320,12 +320,17 @@ def test_bf16_is_refused_where_a_family_computes_in_float32_only():
         Stylizer.from_family(models.get("cin"), params, {}, spec, dtype=jnp.float16)
 
 
-# -------------------------------------------------------------------------------- Winograd (opt-in strategy)
+# -------------------------------------------------------------------------------- Winograd F(4x4, 3x3)
 
 
-@pytest.mark.parametrize("shape,padding", [((2, 9, 12, 128, 136), "zero"), ((1, 8, 10, 128, 128), "reflect"),
-                                           ((1, 7, 5, 128, 128), "reflect")])
-def test_winograd_matches_conv_plain_forward_and_input_gradient(rng, shape, padding):
+def _rel_err(a, b):
+    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+
+
+@pytest.mark.parametrize("shape,padding", [((2, 9, 12, 256, 264), "zero"), ((1, 8, 8, 256, 256), "reflect"),
+                                           ((1, 7, 5, 256, 256), "reflect"), ((1, 3, 14, 256, 512), "zero")])
+def test_winograd_matches_conv_plain_forward_and_gradients(rng, shape, padding):
+    """Values, input gradient and kernel gradient of the strategy against conv_plain, 1e-4 of the scale."""
     n, h, w, c, o = shape
     x = rng.standard_normal((n, h, w, c)).astype(np.float32)
     layer = {"kernel": (rng.standard_normal((3, 3, c, o)) * 0.05).astype(np.float32),
@@ -333,19 +338,50 @@ def test_winograd_matches_conv_plain_forward_and_input_gradient(rng, shape, padd
     ref = ops.conv_plain(x, layer, padding)
     got = jax.jit(ops.conv_winograd, static_argnums=2)(x, layer, padding)
     assert got.shape == ref.shape
-    assert float(jnp.max(jnp.abs(got - ref)) / jnp.max(jnp.abs(ref))) < 1e-4
+    err = _rel_err(got, ref)
+    assert 1e-8 < err < 1e-4  # the Winograd path really ran, and agrees
     cot = rng.standard_normal(ref.shape).astype(np.float32)
 
-    def vjp(fn):
-        return jax.jit(jax.grad(lambda v: jnp.sum(fn(v, layer, padding) * cot)))(x)
+    def grads(fn):
+        return jax.jit(jax.grad(lambda v, lay: jnp.sum(fn(v, lay, padding) * cot), argnums=(0, 1)))(x, layer)
 
-    g_ref, g = vjp(ops.conv_plain), vjp(ops.conv_winograd)
-    assert float(jnp.max(jnp.abs(g - g_ref)) / jnp.max(jnp.abs(g_ref))) < 1e-4
+    (gx_ref, gl_ref), (gx, gl) = grads(ops.conv_plain), grads(ops.conv_winograd)
+    assert _rel_err(gx, gx_ref) < 1e-4
+    for leaf in ("kernel", "bias"):
+        assert _rel_err(gl[leaf], gl_ref[leaf]) < 1e-4
+
+
+@pytest.mark.parametrize("padding", ["zero", "reflect"])
+def test_frozen_winograd_matches_conv_plain_and_needs_its_kernels(rng, padding):
+    """Gatys' strategy: Winograd values and input gradient from the kernels with_transposed_kernels prepared."""
+    x = rng.standard_normal((1, 6, 10, 256)).astype(np.float32)
+    layer = {"kernel": (rng.standard_normal((3, 3, 256, 256)) * 0.05).astype(np.float32),
+             "bias": rng.standard_normal(256).astype(np.float32)}
+    prepared = ops.with_transposed_kernels({"c": layer}, winograd=True)["c"]
+    assert prepared["kernel_w"].shape == prepared["kernel_tw"].shape == (36, 256, 256)
+    ref = ops.conv_plain(x, layer, padding)
+    got = ops.conv_input_grad_winograd(x, prepared, padding)
+    assert 1e-8 < _rel_err(got, ref) < 1e-4
+    cot = rng.standard_normal(ref.shape).astype(np.float32)
+    grad = lambda fn, lay: jax.grad(lambda v: jnp.sum(fn(v, lay, padding) * cot))(x)  # noqa: E731
+    assert _rel_err(grad(ops.conv_input_grad_winograd, prepared), grad(ops.conv_plain, layer)) < 1e-4
+    # without the prepared kernels it is conv_input_grad, bitwise conv_plain
+    plain = ops.with_transposed_kernels({"c": layer})["c"]
+    np.testing.assert_array_equal(ops.conv_input_grad_winograd(x, plain, padding), ref)
+
+
+@pytest.mark.parametrize("size", [(4, 4), (5, 9), (1, 1), (13, 6)])
+def test_winograd_any_size(rng, size):
+    """Tiles of 4: sizes that are not multiples of 4 are padded and cropped (narrow layers called directly)."""
+    x = rng.standard_normal((1, *size, 16)).astype(np.float32)
+    k = (rng.standard_normal((3, 3, 16, 8)) * 0.1).astype(np.float32)
+    for padding in ("zero", "reflect") if min(size) > 1 else ("zero",):
+        assert _rel_err(ops.conv3x3_winograd(x, k, None, padding), ops.conv2d(x, k, None, padding)) < 1e-4
 
 
 def test_winograd_strategy_leaves_narrow_layers_to_conv_plain(rng):
-    x = rng.standard_normal((1, 6, 6, 64)).astype(np.float32)
-    layer = {"kernel": rng.standard_normal((3, 3, 64, 128)).astype(np.float32), "bias": np.zeros(128, np.float32)}
+    x = rng.standard_normal((1, 6, 6, 128)).astype(np.float32)
+    layer = {"kernel": rng.standard_normal((3, 3, 128, 256)).astype(np.float32), "bias": np.zeros(256, np.float32)}
     np.testing.assert_array_equal(ops.conv_winograd(x, layer, "zero"), ops.conv_plain(x, layer, "zero"))
     with pytest.raises(ValueError, match="3x3"):
         ops.conv3x3_winograd(x, layer["kernel"][:1], None, "zero")

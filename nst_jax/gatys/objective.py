@@ -29,8 +29,8 @@ its guided Gram under an optional mask over the style image. Each region contrib
 its style's (unnormalised) blend weight. Without masks, several styles are blended as neural-style does: the target
 is the weighted mean of the styles' Gram matrices (weights normalised to sum to one).
 
-The encoder is `nst_jax.vgg.encode` with `ops.conv_input_grad`: pass parameters from `prepare_vgg` (their
-transposed kernels computed once) so that no compiled loop recomputes them.
+The encoder is `nst_jax.vgg.encode` with `ops.conv_input_grad_winograd`: pass parameters from `prepare_vgg` (their
+transposed and Winograd kernels computed once) so that no compiled loop recomputes them.
 """
 
 from __future__ import annotations
@@ -101,18 +101,19 @@ def layer_grid_masks(masks: Array, spec: vgg.VGGSpec, layers: Sequence[str]) -> 
 def prepare_vgg(params: Params, last: str = "relu5_4") -> dict[str, dict[str, Array]]:
     """Float32 copies of the VGG19 weights needed up to tap `last`, each layer with its `kernel_t`.
 
-    The transposed kernels (`ops.with_transposed_kernels`) are what `ops.conv_input_grad` differentiates with;
-    computed here once, they stay out of the compiled loops (XLA does not hoist them out of a `while_loop`).
+    The transposed and Winograd kernels (`ops.with_transposed_kernels`) are what `ops.conv_input_grad_winograd`
+    computes with; computed here once, they stay out of the compiled loops (XLA does not hoist them out of a
+    `while_loop`).
     """
     needed = {n for n in vgg.LAYERS[: vgg.LAYERS.index(last) + 1] if n.startswith("conv")} | {"conv0"}
     p = {k: {"kernel": jnp.asarray(v["kernel"], jnp.float32), "bias": jnp.asarray(v["bias"], jnp.float32)}
          for k, v in params.items() if k in needed}
-    return jax.jit(ops.with_transposed_kernels)(p)
+    return jax.jit(functools.partial(ops.with_transposed_kernels, winograd=True))(p)
 
 
 def _features(params: Params, x: Array, spec: vgg.VGGSpec, taps: Sequence[str]) -> dict[str, Array]:
-    # Frozen weights: the convolutions' hand-written input gradient.
-    return vgg.encode(params, x, spec, taps, conv=ops.conv_input_grad)
+    # Frozen weights: the convolutions' hand-written input gradient (Winograd for the wide layers).
+    return vgg.encode(params, x, spec, taps, conv=ops.conv_input_grad_winograd)
 
 
 class Targets(NamedTuple):

@@ -255,6 +255,12 @@ class LossConfig:
     dtype: str = "float32"  # compute dtype; configs allow float32 and bfloat16 (tests also use float64)
     spec: VGGSpec | None = None
     stability: StabilityTerm = StabilityTerm()  # off by default: the loss is then exactly the one above
+    convolutions: str = "winograd"  # "winograd" (ops.conv_winograd) or "direct" (ops.conv_plain)
+
+    @property
+    def conv(self) -> ops.ConvFn:
+        """The convolution strategy of the encoder and decoder walks."""
+        return ops.conv_winograd if self.convolutions == "winograd" else ops.conv_plain
 
     @property
     def wants_step(self) -> bool:
@@ -274,8 +280,11 @@ class LossConfig:
                                f"{', '.join(vgg.RELU_TAPS)}")
         if config.dtype not in ("float32", "bfloat16"):
             raise NstError(f"config.dtype must be float32 or bfloat16, got {config.dtype!r}")
+        convolutions = str(config.get("convolutions", "winograd"))
+        if convolutions not in ("winograd", "direct"):
+            raise NstError(f"config.convolutions must be winograd or direct, got {convolutions!r}")
         return cls(float(config.content_weight), float(config.style_weight), layers, weights,
-                   str(config.dtype), stability=StabilityTerm.from_config(config))
+                   str(config.dtype), stability=StabilityTerm.from_config(config), convolutions=convolutions)
 
 
 def compute_loss(params: Mapping, vgg_params: Mapping, content: Array, style: Array, spec: VGGSpec,
@@ -300,12 +309,12 @@ def compute_loss(params: Mapping, vgg_params: Mapping, content: Array, style: Ar
     n = content.shape[0]
     taps = tuple(sorted(set(lc.style_layers) | {CONTENT_LAYER}, key=vgg.LAYERS.index))
     # One encoder pass over content and style together: the same kernels run once on twice the batch.
-    both = encode(vgg_params, jnp.concatenate([content, style]).astype(dt), spec, taps)
+    both = encode(vgg_params, jnp.concatenate([content, style]).astype(dt), spec, taps, conv=lc.conv)
     content_feat = both[CONTENT_LAYER][:n].astype(f32)
     style_feats = {k: both[k][n:].astype(f32) for k in taps}
     t = jax.lax.stop_gradient(ops.adain(content_feat, style_feats[CONTENT_LAYER], EPS))
-    g = dec.decode(params, t.astype(dt))
-    g_feats = encode(vgg_params, g, spec, taps)
+    g = dec.decode(params, t.astype(dt), conv=lc.conv)
+    g_feats = encode(vgg_params, g, spec, taps, conv=lc.conv)
     loss_c = losses.content_loss(g_feats[CONTENT_LAYER].astype(f32), t)
     per_layer = {k: losses.mean_std_style_loss(g_feats[k].astype(f32), style_feats[k], EPS)
                  for k in lc.style_layers}
@@ -317,9 +326,9 @@ def compute_loss(params: Mapping, vgg_params: Mapping, content: Array, style: Ar
     metrics.update({f"style/{k}": v for k, v in per_layer.items()})
     if lc.stability.on:
         def forward(x: Array) -> Array:  # the same style statistics for the perturbed content
-            f = encode(vgg_params, x.astype(dt), spec, (CONTENT_LAYER,))[CONTENT_LAYER].astype(f32)
+            f = encode(vgg_params, x.astype(dt), spec, (CONTENT_LAYER,), conv=lc.conv)[CONTENT_LAYER].astype(f32)
             t2 = jax.lax.stop_gradient(ops.adain(f, style_feats[CONTENT_LAYER], EPS))
-            return dec.decode(params, t2.astype(dt))
+            return dec.decode(params, t2.astype(dt), conv=lc.conv)
 
         loss, metrics = lc.stability.add(loss, metrics, forward, content, g, step)
     return loss, metrics

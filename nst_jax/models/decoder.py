@@ -61,7 +61,7 @@ def init_params(key: Array) -> dict:
     return params
 
 
-def decode(params: Mapping[str, Mapping[str, Array]], t: Array, *, conv: ops.ConvFn = ops.conv_plain,
+def decode(params: Mapping[str, Mapping[str, Array]], t: Array, *, conv: ops.ConvFn = ops.conv_winograd,
            fused_upsample: bool = False) -> Array:
     """Decode relu4_1-like features (N, h, w, 512) into images (N, 8h, 8w, 3), unclipped.
 
