@@ -108,19 +108,17 @@ def load_image_set(config, key: str, limit: int | None = None) -> tuple[np.ndarr
 _COMPILED: dict = {}
 
 # XLA's CPU backend hands each convolution to YNNPACK by default. At training batch sizes its kernel-gradient
-# ("backward filter") convolutions run several times slower than the forward, and its forward trails XLA's own
-# Eigen convolutions; keeping YNNPACK for matrix products only is the fastest train step measured
-# (benchmarks/train.py, benchmarks/RESULTS.md). Inference keeps the default: at batch 1 YNNPACK fuses whole
-# zero-padded encoders into one graph.
+# ("backward filter") convolutions run several times slower than the forward, and XLA's own (Eigen) convolutions
+# make the AdaIN step ~12% faster (benchmarks/RESULTS.md). Opt-in only: with these options XLA's compiler crashed
+# (SIGSEGV) once while compiling the arbitrary network's fine-tuning step in a full test run.
 CPU_TRAINING_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+EIGEN_ENV = "NST_JAX_TRAIN_EIGEN_CONVOLUTIONS"
 
 
 def compiler_options() -> dict[str, str]:
-    """XLA options for compiling a train step on the default backend (`CPU_TRAINING_COMPILER_OPTIONS` on CPU).
-
-    `NST_JAX_XLA_DEFAULTS=1` compiles with XLA's defaults instead (to compare).
-    """
-    if jax.default_backend() != "cpu" or os.environ.get("NST_JAX_XLA_DEFAULTS", "") == "1":
+    """XLA options for compiling a train step: XLA's defaults, or on CPU with `NST_JAX_TRAIN_EIGEN_CONVOLUTIONS=1`
+    `CPU_TRAINING_COMPILER_OPTIONS` (convolutions off YNNPACK; experimental, see above)."""
+    if jax.default_backend() != "cpu" or os.environ.get(EIGEN_ENV, "") != "1":
         return {}
     return dict(CPU_TRAINING_COMPILER_OPTIONS)
 
