@@ -10,6 +10,8 @@ argument, not a copy of the walk:
 - `conv_plain`: `conv2d` with XLA's own gradients.
 - `conv_input_grad`: frozen weights, only the input gradient, with kernels flipped and transposed once outside
   the loop (`with_transposed_kernels`); Gatys' optimisation loops use it.
+- `conv_matmul_weight_grad`: the kernel gradient as matrix products; `conv_for_training` (Winograd for the wide
+  layers, matrix-product kernel gradients from 128 output channels on CPU) is the trainer's strategy.
 - `upsample_conv`: nearest x2 upsampling followed by a reflect-padded 3x3 convolution, computed at low resolution.
 - `conv_winograd`: Winograd F(4x4, 3x3) for 3x3 layers of >= 256 channels (rounding differs from `conv_plain` by
   ~1e-5 of the output's scale; benchmarks/RESULTS.md).
@@ -18,6 +20,7 @@ argument, not a copy of the walk:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Literal
 
 import jax
@@ -25,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from nst_jax.runtime import train_eigen_convolutions
 from nst_jax.typing import Array
 
 Padding = Literal["zero", "reflect", "valid"]
@@ -298,6 +302,59 @@ def conv_input_grad(x: Array, layer: Mapping[str, Array], padding: Padding = "ze
     return y if bias is None else y + jnp.reshape(lax.stop_gradient(bias), (1, 1, 1, -1))
 
 
+def matmul_kernel_grad(xp: Array, dy: Array, kh: int, kw: int) -> Array:
+    """The kernel gradient of the VALID (kh, kw) convolution of the padded input `xp` with cotangent `dy`, as kh
+    matrix products over the kw-shifted input, (N*H*W, kw*Cin)^T @ (N*H*W, Cout).
+
+    XLA's CPU backend (YNNPACK) runs the kernel-gradient ("backward filter") convolution of the wide 3x3 layers at
+    batch 8 at a third of its forward speed or less; these products run up to 3x faster (benchmarks/RESULTS.md).
+    """
+    n, h, w, cout = dy.shape
+    cin = xp.shape[-1]
+    cols = jnp.concatenate([xp[:, :, j:j + w, :] for j in range(kw)], axis=-1)  # (N, H + kh - 1, W, kw*Cin)
+    d2 = dy.reshape(n * h * w, cout)
+    rows = [jnp.dot(cols[:, i:i + h].reshape(n * h * w, kw * cin).T, d2, preferred_element_type=jnp.float32)
+            for i in range(kh)]
+    return jnp.stack(rows).reshape(kh, kw, cin, cout)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def conv2d_matmul_weight_grad(x: Array, kernel: Array, bias: Array, padding: Padding) -> Array:
+    """`conv2d` (same forward, same gradients) whose kernel gradient is `matmul_kernel_grad`; the input gradient
+    stays XLA's own transposed convolution."""
+    return conv2d(x, kernel, bias, padding)
+
+
+def _mm_fwd(x, kernel, bias, padding):
+    return conv2d(x, kernel, bias, padding), (x, kernel)
+
+
+def _mm_bwd(padding, res, dy):
+    x, kernel = res
+    _, input_vjp = jax.vjp(lambda v: conv2d(v, kernel, None, padding), x)
+    (dx,) = input_vjp(dy)
+    kh, kw = kernel.shape[0], kernel.shape[1]
+    ph, pw = _pad_widths(kernel, padding)
+    widths = ((0, 0), (ph, ph), (pw, pw), (0, 0))
+    xp = jnp.pad(x, widths, mode="reflect") if padding == "reflect" and (ph or pw) else jnp.pad(x, widths)
+    dk = matmul_kernel_grad(xp, dy, kh, kw).astype(kernel.dtype)
+    db = jnp.sum(dy, axis=(0, 1, 2), dtype=jnp.float32).astype(dy.dtype)
+    return dx, dk, db
+
+
+conv2d_matmul_weight_grad.defvjp(_mm_fwd, _mm_bwd)
+
+
+def conv_matmul_weight_grad(x: Array, layer: Mapping[str, Array], padding: Padding = "zero") -> Array:
+    """`conv2d_matmul_weight_grad` as a strategy (the layer needs a bias)."""
+    return conv2d_matmul_weight_grad(x, layer["kernel"], layer["bias"], padding)
+
+
+# Measured per layer (benchmarks/RESULTS.md): the products win from 128 output channels on; below, XLA's own
+# kernel gradient is as fast or faster.
+MATMUL_WEIGHT_GRAD_MIN_CHANNELS = 128
+
+
 def _phase_taps(k: Array, axis: int) -> tuple[Array, Array]:
     # Along one axis, nearest x2 upsampling then a reflect-padded 3-tap filter (k0, k1, k2) is, at low
     # resolution and with edge padding: even outputs = k0 * x[i-1] + (k1 + k2) * x[i]; odd outputs =
@@ -382,24 +439,27 @@ def _winograd_valid_transformed(xp: Array, u: Array) -> Array:
     return y[:, :h, :w, :]
 
 
-@jax.custom_vjp
-def winograd_conv3x3_valid(xp: Array, kernel: Array) -> Array:
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def winograd_conv3x3_valid(xp: Array, kernel: Array, kernel_grad: str = "xla") -> Array:
     """The VALID 3x3 convolution of an already padded input, (N, H+2, W+2, Cin) -> (N, H, W, Cout), by Winograd.
 
     Same values as `lax.conv_general_dilated(xp, kernel, (1, 1), "VALID")` up to rounding (~1e-5 of the output's
     maximum in float32). The input gradient is itself a Winograd convolution (of the zero-padded cotangent with
-    the flipped, transposed kernel); the kernel gradient is XLA's own.
+    the flipped, transposed kernel); the kernel gradient is XLA's own (`kernel_grad="xla"`) or
+    `matmul_kernel_grad` (`"matmul"`).
     """
     return _winograd_valid_impl(xp, kernel)
 
 
-def _wino_fwd(xp: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
+def _wino_fwd(xp: Array, kernel: Array, kernel_grad: str) -> tuple[Array, tuple[Array, Array]]:
     return _winograd_valid_impl(xp, kernel), (xp, kernel)
 
 
-def _wino_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
+def _wino_bwd(kernel_grad: str, res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
     xp, kernel = res
     dxp = _winograd_valid_impl(jnp.pad(g, ((0, 0), (2, 2), (2, 2), (0, 0))), transposed_kernel(kernel))
+    if kernel_grad == "matmul":
+        return dxp, matmul_kernel_grad(xp, g, 3, 3).astype(kernel.dtype)
     _, kernel_vjp = jax.vjp(lambda k: lax.conv_general_dilated(xp, k, (1, 1), "VALID", dimension_numbers=DN),
                             kernel)
     return dxp, kernel_vjp(g)[0]
@@ -427,7 +487,8 @@ _winograd_frozen.defvjp(_winograd_frozen_fwd, _winograd_frozen_bwd)
 
 
 def _winograd_wide(kernel: Array, padding: Padding) -> bool:
-    return (kernel.shape[:2] == (3, 3) and padding in ("zero", "reflect")
+    # CPU only: GPU and TPU convolution libraries pick their own algorithms (cuDNN has its own Winograd).
+    return (jax.default_backend() == "cpu" and kernel.shape[:2] == (3, 3) and padding in ("zero", "reflect")
             and min(kernel.shape[2], kernel.shape[3]) >= WINOGRAD_MIN_CHANNELS)
 
 
@@ -443,11 +504,13 @@ def conv_input_grad_winograd(x: Array, layer: Mapping[str, Array], padding: Padd
     return y if bias is None else y + jnp.reshape(lax.stop_gradient(bias), (1, 1, 1, -1))
 
 
-def conv3x3_winograd(x: Array, kernel: Array, bias: Array | None = None, padding: Padding = "zero") -> Array:
+def conv3x3_winograd(x: Array, kernel: Array, bias: Array | None = None, padding: Padding = "zero",
+                     kernel_grad: str = "xla") -> Array:
     """`conv2d(x, kernel, bias, padding)` for a 3x3 kernel by Winograd F(4x4, 3x3) (same values up to rounding).
 
     Args:
       x: (N, H, W, Cin); kernel: (3, 3, Cin, Cout) HWIO; bias: (Cout,) or None; padding: "zero" or "reflect".
+      kernel_grad: "xla" or "matmul" (`winograd_conv3x3_valid`).
 
     Returns:
       (N, H, W, Cout).
@@ -455,7 +518,7 @@ def conv3x3_winograd(x: Array, kernel: Array, bias: Array | None = None, padding
     if kernel.shape[:2] != (3, 3) or padding not in ("zero", "reflect"):
         raise ValueError("conv3x3_winograd takes 3x3 kernels with zero or reflect padding")
     xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect" if padding == "reflect" else "constant")
-    y = winograd_conv3x3_valid(xp, kernel)
+    y = winograd_conv3x3_valid(xp, kernel, kernel_grad)
     return y if bias is None else y + jnp.reshape(bias, (1, 1, 1, -1))
 
 
@@ -466,4 +529,18 @@ def conv_winograd(x: Array, layer: Mapping[str, Array], padding: Padding = "zero
     kernel = layer["kernel"]
     if _winograd_wide(kernel, padding):
         return conv3x3_winograd(x, kernel, layer.get("bias"), padding)
+    return conv_plain(x, layer, padding)
+
+
+def conv_for_training(x: Array, layer: Mapping[str, Array], padding: Padding = "zero") -> Array:
+    """The trainer's strategy. On CPU: Winograd for the wide 3x3 layers, and kernel gradients as matrix products
+    (`matmul_kernel_grad`) for layers of >= `MATMUL_WEIGHT_GRAD_MIN_CHANNELS` output channels, unless the train
+    step is compiled with XLA's own convolutions (`runtime.train_eigen_convolutions()`), whose kernel gradients are
+    faster still. Elsewhere (GPU, TPU) XLA's own convolutions and gradients."""
+    kernel, bias = layer["kernel"], layer.get("bias")
+    matmul = jax.default_backend() == "cpu" and not train_eigen_convolutions()
+    if _winograd_wide(kernel, padding):
+        return conv3x3_winograd(x, kernel, bias, padding, "matmul" if matmul else "xla")
+    if matmul and kernel.shape[-1] >= MATMUL_WEIGHT_GRAD_MIN_CHANNELS and bias is not None:
+        return conv_matmul_weight_grad(x, layer, padding)
     return conv_plain(x, layer, padding)

@@ -49,3 +49,13 @@ def tune_allocator() -> bool:
     m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8
     return all(mallopt(param, value) == 1 for param, value in
                ((m_arena_max, 1), (m_mmap_max, 0), (m_trim_threshold, -1)))
+
+
+TRAIN_EIGEN_ENV = "NST_JAX_TRAIN_EIGEN_CONVOLUTIONS"
+
+
+def train_eigen_convolutions() -> bool:
+    """Whether `NST_JAX_TRAIN_EIGEN_CONVOLUTIONS=1` asks for XLA's own convolutions in CPU train steps
+    (`nst_jax.training.compiler_options`; the trainer's convolution strategy, `ops.conv_for_training`, then leaves
+    kernel gradients to XLA)."""
+    return os.environ.get(TRAIN_EIGEN_ENV, "") == "1"

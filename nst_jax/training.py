@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from nst_jax.files import atomic_write
+from nst_jax.runtime import train_eigen_convolutions
 
 
 def open_image_streams(config, names: Sequence[str], on_skip: Callable) -> tuple[dict, dict]:
@@ -112,13 +113,10 @@ _COMPILED: dict = {}
 # make the AdaIN step ~12% faster (benchmarks/RESULTS.md). Opt-in only: with these options XLA's compiler crashed
 # (SIGSEGV) once while compiling the arbitrary network's fine-tuning step in a full test run.
 CPU_TRAINING_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
-EIGEN_ENV = "NST_JAX_TRAIN_EIGEN_CONVOLUTIONS"
-
-
 def compiler_options() -> dict[str, str]:
     """XLA options for compiling a train step: XLA's defaults, or on CPU with `NST_JAX_TRAIN_EIGEN_CONVOLUTIONS=1`
     `CPU_TRAINING_COMPILER_OPTIONS` (convolutions off YNNPACK; experimental, see above)."""
-    if jax.default_backend() != "cpu" or os.environ.get(EIGEN_ENV, "") != "1":
+    if jax.default_backend() != "cpu" or not train_eigen_convolutions():
         return {}
     return dict(CPU_TRAINING_COMPILER_OPTIONS)
 

@@ -349,6 +349,11 @@ def test_winograd_matches_conv_plain_forward_and_gradients(rng, shape, padding):
     assert _rel_err(gx, gx_ref) < 1e-4
     for leaf in ("kernel", "bias"):
         assert _rel_err(gl[leaf], gl_ref[leaf]) < 1e-4
+    # the trainer's strategy: the same Winograd forward, kernel gradient as matrix products
+    gx_t, gl_t = grads(ops.conv_for_training)
+    assert _rel_err(gx_t, gx_ref) < 1e-4
+    for leaf in ("kernel", "bias"):
+        assert _rel_err(gl_t[leaf], gl_ref[leaf]) < 1e-4
 
 
 @pytest.mark.parametrize("padding", ["zero", "reflect"])

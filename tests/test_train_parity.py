@@ -34,7 +34,7 @@ from adain_reference import (  # noqa: E402, I001
     random_models,
 )
 
-from nst_jax import train, vgg  # noqa: E402
+from nst_jax import ops, train, vgg  # noqa: E402
 from nst_jax.models import adain, decoder  # noqa: E402
 
 
@@ -243,15 +243,43 @@ def test_bfloat16_compute_stays_close(setup):
     assert np.isfinite(b) and b == pytest.approx(a, rel=5e-2)
 
 
-# Every strategy of the one decoder walk against the reference walk (plain convolutions, explicit upsampling):
-# the fused low-resolution upsample-convolution of inference. Forward values and gradients must agree.
-@pytest.mark.parametrize("strategy", [dict(fused_upsample=True)], ids=["fused-upsample"])
+@pytest.mark.parametrize("padding,ksize", [("reflect", 3), ("zero", 3), ("valid", 3), ("zero", 1)])
+def test_matmul_weight_gradient_equals_xla(padding, ksize):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 10, 12, 8)), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((ksize, ksize, 8, 16)) * 0.1, jnp.float32)
+    b = jnp.asarray(rng.standard_normal(16), jnp.float32)
+    y_ref = ops.conv2d(x, k, b, padding)
+    w = jnp.asarray(rng.standard_normal(y_ref.shape), jnp.float32)
+    loss = lambda conv: lambda x, k, b: jnp.sum(w * jnp.tanh(conv(x, k, b, padding)))  # noqa: E731
+    np.testing.assert_array_equal(np.asarray(ops.conv2d_matmul_weight_grad(x, k, b, padding)),
+                                  np.asarray(y_ref))
+    ours = jax.jit(jax.grad(loss(ops.conv2d_matmul_weight_grad), argnums=(0, 1, 2)))(x, k, b)
+    ref = jax.jit(jax.grad(loss(ops.conv2d), argnums=(0, 1, 2)))(x, k, b)
+    for a, r in zip(ours, ref, strict=True):
+        assert _rel(a, r) < 1e-5
+
+
+# Every strategy of the one decoder walk against the reference walk (explicit upsampling): the matmul kernel
+# gradient forced on, the trainer's strategy (Winograd for the 256-channel layers, matmul kernel gradients on CPU),
+# and the fused low-resolution upsample-convolution of inference. Values and gradients agree.
+_FORCED_MATMUL = lambda x, layer, padding: ops.conv_matmul_weight_grad(x, layer, padding)  # noqa: E731
+
+
+@pytest.mark.parametrize("strategy", [
+    dict(conv=_FORCED_MATMUL),
+    dict(conv=ops.conv_for_training),
+    dict(fused_upsample=True, conv=ops.conv_plain),
+], ids=["matmul-weight-grad", "training", "fused-upsample"])
 def test_decoder_strategies_equal_the_reference_walk(strategy):
     rng = np.random.default_rng(0)
     params = jax.jit(decoder.init_params)(jax.random.PRNGKey(3))
     t = jnp.asarray(rng.random((2, 2, 3, 512)), jnp.float32)
     ours_fn = lambda p, x: decoder.decode(p, x, **strategy)  # noqa: E731
-    ref_fn = decoder.decode
+    # the trainer's strategy against the Winograd walk it computes (same forward, other kernel gradients); the
+    # Winograd layers themselves are tested against conv_plain in test_ops.py
+    ref_conv = ops.conv_winograd if strategy.get("conv") is ops.conv_for_training else ops.conv_plain
+    ref_fn = lambda p, x: decoder.decode(p, x, conv=ref_conv)  # noqa: E731
     y, y_ref = np.asarray(jax.jit(ours_fn)(params, t)), np.asarray(jax.jit(ref_fn)(params, t))
     if strategy.get("fused_upsample"):
         np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5 * np.abs(y_ref).max())

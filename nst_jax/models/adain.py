@@ -255,12 +255,12 @@ class LossConfig:
     dtype: str = "float32"  # compute dtype; configs allow float32 and bfloat16 (tests also use float64)
     spec: VGGSpec | None = None
     stability: StabilityTerm = StabilityTerm()  # off by default: the loss is then exactly the one above
-    convolutions: str = "winograd"  # "winograd" (ops.conv_winograd) or "direct" (ops.conv_plain)
+    convolutions: str = "winograd"  # "winograd" (ops.conv_for_training) or "direct" (ops.conv_plain)
 
     @property
     def conv(self) -> ops.ConvFn:
         """The convolution strategy of the encoder and decoder walks."""
-        return ops.conv_winograd if self.convolutions == "winograd" else ops.conv_plain
+        return ops.conv_for_training if self.convolutions == "winograd" else ops.conv_plain
 
     @property
     def wants_step(self) -> bool:
