@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import inspect
 import os
 
@@ -49,3 +50,16 @@ def _starts_processes(item) -> bool:
     except (TypeError, OSError):
         return False
     return "subprocess." in source or "sys.executable" in source
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after each test module.
+
+    Every compiled CPU program keeps its own memory mappings (tens for a Winograd layer at
+    jax_disable_most_optimizations); a whole-suite process otherwise reaches the kernel's vm.max_map_count
+    (65530) and XLA's compiler crashes on the next mmap.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
