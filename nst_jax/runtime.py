@@ -1,6 +1,7 @@
-"""Process-wide switches: the offline flag and the glibc allocator settings the front doors apply.
+"""Process-wide switches: the offline flag, the glibc allocator settings the front doors apply, and XLA's CPU
+compile options.
 
-Nothing here imports JAX, so weight lookups and `--help` stay fast.
+Nothing here imports JAX at import time, so weight lookups and `--help` stay fast.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from typing import Any
 
 OFFLINE_ENV = "NST_JAX_OFFLINE"
 # Values of NST_JAX_OFFLINE that mean "offline" (case and surrounding spaces ignored).
@@ -52,6 +54,37 @@ def tune_allocator() -> bool:
 
 
 TRAIN_EIGEN_ENV = "NST_JAX_TRAIN_EIGEN_CONVOLUTIONS"
+CPU_CONVOLUTIONS_ENV = "NST_JAX_CPU_CONVOLUTIONS"
+
+# XLA's CPU backend hands dots and convolutions to YNNPACK by default. Keeping only the dots there sends
+# convolutions to XLA's own (Eigen) kernels, which run narrow layers (the CIN network's 3-32 channels) much
+# faster (benchmarks/RESULTS.md); wide layers are Winograd matrix products (`nst_jax.ops`) either way.
+EIGEN_CONVOLUTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+def cpu_compiler_options(options: dict[str, str] | None) -> dict[str, str]:
+    """`options` when JAX runs on the CPU, else {} (they are CPU settings).
+
+    `NST_JAX_CPU_CONVOLUTIONS=ynnpack` drops them (XLA's defaults, for comparisons); `=eigen` gives
+    `EIGEN_CONVOLUTIONS` to every caller, including those that pass none.
+    """
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return {}
+    choice = os.environ.get(CPU_CONVOLUTIONS_ENV, "").strip().lower()
+    if choice == "ynnpack":
+        return {}
+    if choice == "eigen":
+        return dict(EIGEN_CONVOLUTIONS)
+    return dict(options or {})
+
+
+def jit(fn: Any, compiler_options: dict[str, str] | None = None, **kwargs: Any) -> Any:
+    """`jax.jit(fn, **kwargs)` compiled with `cpu_compiler_options(compiler_options)`."""
+    import jax
+
+    return jax.jit(fn, compiler_options=cpu_compiler_options(compiler_options) or None, **kwargs)
 
 
 def train_eigen_convolutions() -> bool:

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import color, models
+from nst_jax import color, models, runtime
 from nst_jax.checks import normalise_weights
 from nst_jax.errors import NstError, WeightsError
 from nst_jax.files import array_digest
@@ -550,5 +550,5 @@ def _jitted(family: models.Family, what: str) -> Any:
     """One jitted copy of each family function per process (static identity as a static argument)."""
     key = (family.name, what)
     if key not in _JITTED:
-        _JITTED[key] = jax.jit(getattr(family, what), static_argnames="static")
+        _JITTED[key] = runtime.jit(getattr(family, what), family.compiler_options, static_argnames="static")
     return _JITTED[key]

@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nst_jax import runtime
 from nst_jax.errors import NstError
 from nst_jax.typing import Array
 
@@ -1033,7 +1034,7 @@ def _stat_programs() -> Any:
         _STAT_PROGRAMS.update(
             analyse=jax.jit(adain_analyse, static_argnames="spec"),
             render=jax.jit(adain_render, static_argnames=("height", "width")),
-            cin=jax.jit(cin_stats_forward, static_argnames="spec"),
+            cin=runtime.jit(cin_stats_forward, runtime.EIGEN_CONVOLUTIONS, static_argnames="spec"),
             arbitrary=jax.jit(arbitrary_stats_forward, static_argnames="static"))
     from types import SimpleNamespace
 

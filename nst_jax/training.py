@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from nst_jax import runtime
 from nst_jax.files import atomic_write
 from nst_jax.runtime import train_eigen_convolutions
 
@@ -109,10 +110,10 @@ def load_image_set(config, key: str, limit: int | None = None) -> tuple[np.ndarr
 _COMPILED: dict = {}
 
 # XLA's CPU backend hands each convolution to YNNPACK by default. At training batch sizes its kernel-gradient
-# ("backward filter") convolutions run several times slower than the forward, and XLA's own (Eigen) convolutions
-# make the AdaIN step ~12% faster (benchmarks/RESULTS.md). Opt-in only: with these options XLA's compiler crashed
-# (SIGSEGV) once while compiling the arbitrary network's fine-tuning step in a full test run.
-CPU_TRAINING_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+# ("backward filter") convolutions run several times slower than the forward; `ops.conv_for_training` replaces
+# them with matrix products, after which XLA's own (Eigen) convolutions no longer make the AdaIN step faster
+# (benchmarks/RESULTS.md), so they stay opt-in.
+CPU_TRAINING_COMPILER_OPTIONS = runtime.EIGEN_CONVOLUTIONS
 def compiler_options() -> dict[str, str]:
     """XLA options for compiling a train step: XLA's defaults, or on CPU with `NST_JAX_TRAIN_EIGEN_CONVOLUTIONS=1`
     `CPU_TRAINING_COMPILER_OPTIONS` (convolutions off YNNPACK; experimental, see above)."""

@@ -171,14 +171,14 @@ def _programs() -> SimpleNamespace:
     """The jitted stabilised pieces, made once per process (so every run shares compiled programs)."""
     import jax
 
-    from nst_jax import temporal
+    from nst_jax import runtime, temporal
 
     return SimpleNamespace(
         analyse=jax.jit(temporal.adain_analyse, static_argnames="spec"),
         render=jax.jit(temporal.adain_render, static_argnames=("height", "width")),
         region_stats=jax.jit(temporal.adain_region_analyse),
         region_render=jax.jit(temporal.adain_region_render, static_argnames=("height", "width")),
-        cin=jax.jit(temporal.cin_stats_forward, static_argnames="spec"),
+        cin=runtime.jit(temporal.cin_stats_forward, runtime.EIGEN_CONVOLUTIONS, static_argnames="spec"),
         arbitrary=jax.jit(temporal.arbitrary_stats_forward, static_argnames="static"))
 
 

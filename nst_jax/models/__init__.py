@@ -17,6 +17,8 @@ family's functions are specialised on, e.g. the encoder's `VGGSpec` for AdaIN):
   the live page check requests against it.
 - `inference_setup(config) -> (frozen, static)`: what a model trained with `config` runs with.
 - `num_styles(params) -> int`: the size of the style table (families with one).
+- `compiler_options`: XLA options for the inference programs on the CPU (`nst_jax.runtime.jit`), e.g.
+  `runtime.EIGEN_CONVOLUTIONS` for networks of narrow layers.
 
 Training (the family-neutral loop in `nst_jax.train`):
 - `init_params(key, config) -> Params`: the trainable tree; `jax.eval_shape` of it checks and restores
@@ -96,6 +98,7 @@ class Family:
     validate_config: Callable[..., Any] | None = None
     inference_setup: Callable[..., Any] | None = None
     num_styles: Callable[..., Any] | None = None
+    compiler_options: dict[str, str] | None = None
 
     def mix(self, conditions: Any, weights: Any) -> Any:
         """`blend` if the family has its own, else the generic convex mix."""

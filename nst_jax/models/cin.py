@@ -42,6 +42,7 @@ from jax import lax
 
 from nst_jax.errors import WeightsError
 from nst_jax.models import Caps, Family, blend_conditions, magenta_loss
+from nst_jax.runtime import EIGEN_CONVOLUTIONS
 from nst_jax.stability import StabilityTerm
 from nst_jax.typing import Array, Params
 
@@ -369,13 +370,7 @@ def _conv(x: Array, kernel: Array, bias: Array | None, stride: int) -> Array:
     xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect") if p else x
     if cin_p != cin:
         xp = jnp.pad(xp, ((0, 0), (0, 0), (0, 0), (0, cin_p - cin)))
-    if stride == 1:
-        # SAME on the reflect-padded input then a crop: the VALID result, on XLA's faster SAME path.
-        y = lax.conv_general_dilated(xp, kernel, (1, 1), "SAME", dimension_numbers=DN)
-        if p:
-            y = y[:, p:y.shape[1] - p, p:y.shape[2] - p, :]
-    else:
-        y = lax.conv_general_dilated(xp, kernel, (stride, stride), "VALID", dimension_numbers=DN)
+    y = lax.conv_general_dilated(xp, kernel, (stride, stride), "VALID", dimension_numbers=DN)
     if cout_p != cout:
         y = y[..., :cout]
     return y if bias is None else y + bias.reshape(1, 1, 1, -1)
@@ -426,33 +421,12 @@ def _conv_s2d(x: Array, kernel: Array, bias: Array | None) -> Array:
     A 9x9 convolution with 3 or 4 channels on one side becomes a 5x5 one with 4x the channels on both sides,
     which XLA CPU runs several times faster (same products, plus zeros).
     """
-    k = kernel.shape[0]
-    h, w = x.shape[1], x.shape[2]
-    p = k // 2
+    p = kernel.shape[0] // 2
     # the phases already give 4x the channels: padding 3 to 4 first measured slower here
     xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
-    # SAME then a crop (XLA CPU's faster path) = the VALID convolution of the padded phases
-    y = lax.conv_general_dilated(_s2d(xp), _s2d_kernel(kernel), (1, 1), "SAME", dimension_numbers=DN)
-    o = p // 2
-    y = y[:, o:o + h // 2, o:o + w // 2, :]
+    # (h + 2p) / 2 phase rows through k // 2 + 1 taps: exactly h / 2 output phase rows
+    y = lax.conv_general_dilated(_s2d(xp), _s2d_kernel(kernel), (1, 1), "VALID", dimension_numbers=DN)
     return y if bias is None else y + jnp.tile(bias, 4).reshape(1, 1, 1, -1)
-
-
-def _stride2_from_phases(ph: Array, kernel: Array, bias: Array | None) -> Array:
-    """A reflect-padded 3x3 stride-2 convolution of the map whose phases are `ph`, as a 2x2 convolution.
-
-    Output i reads rows 2i - 1, 2i, 2i + 1 = phase 1 of row i - 1, phases 0 and 1 of row i; the reflected row
-    -1 is row 1, i.e. phase 1 of phase-row 0, which an edge pad of the phase rows supplies.
-    """
-    cin, cout = kernel.shape[2], kernel.shape[3]
-    wp = jnp.pad(kernel, ((1, 0), (1, 0), (0, 0), (0, 0)))  # row 0 is the zero tap (phase 0 of row i - 1)
-    idx = np.arange(4).reshape(2, 2)  # (u, p) -> 2u + p
-    g = wp[idx[:, :, None, None], idx[None, None, :, :]]  # (u, p, v, q, cin, cout)
-    k2 = g.transpose(0, 2, 1, 3, 4, 5).reshape(2, 2, 4 * cin, cout)
-    h, w = ph.shape[1], ph.shape[2]
-    xp = jnp.pad(ph, ((0, 0), (1, 0), (1, 0), (0, 0)), mode="edge")
-    y = lax.conv_general_dilated(xp, k2, (1, 1), "SAME", dimension_numbers=DN)[:, :h, :w, :]
-    return y if bias is None else y + bias.reshape(1, 1, 1, -1)
 
 
 # Along one axis, nearest x2 upsampling then a reflect-padded 3-tap filter (k0, k1, k2) is, on the edge-padded
@@ -575,18 +549,15 @@ def apply(params: Mapping[str, Any], x: Array, weights: Array, spec: Transformer
             if phased:
                 h, phased = _d2s(h), False
             skip = h
-        if fast and phased and layer.stride == 2 and layer.kernel == 3 and layer.upsample == 1:
-            h, phased = _stride2_from_phases(h, kernel, bias), False
+        if phased:
+            h, phased = _d2s(h), False
+        even = h.shape[1] % 2 == 0 and h.shape[2] % 2 == 0
+        if fast and layer.upsample == 2 and layer.kernel == 3 and layer.stride == 1:
+            h, phased = _upsample_conv_phases(h, kernel, bias), True
+        elif fast and layer.stride == 1 and layer.upsample == 1 and _small(layer) and even:
+            h, phased = _conv_s2d(h, kernel, bias), True
         else:
-            if phased:
-                h, phased = _d2s(h), False
-            even = h.shape[1] % 2 == 0 and h.shape[2] % 2 == 0
-            if fast and layer.upsample == 2 and layer.kernel == 3 and layer.stride == 1:
-                h, phased = _upsample_conv_phases(h, kernel, bias), True
-            elif fast and layer.stride == 1 and layer.upsample == 1 and _small(layer) and even:
-                h, phased = _conv_s2d(h, kernel, bias), True
-            else:
-                h = _conv(_upsample(h, layer.upsample), kernel, bias, layer.stride)
+            h = _conv(_upsample(h, layer.upsample), kernel, bias, layer.stride)
         groups = 4 if phased else 1
         grid = (h.shape[1] * 2, h.shape[2] * 2) if phased else (h.shape[1], h.shape[2])
         if layer.norm:
@@ -1058,5 +1029,5 @@ FAMILY = Family(
     name=NAME, caps=CAPS, init_params=_init_params, setup=setup, open_streams=open_streams, loss_fn=loss_fn,
     sample=sample, condition=condition, stylize=stylize, stylize_masked=stylize_masked, blend=blend,
     trainable_mask=trainable_mask, start_params=start_params, validate_config=validate_config,
-    inference_setup=inference_setup_trained, num_styles=num_styles,
+    inference_setup=inference_setup_trained, num_styles=num_styles, compiler_options=EIGEN_CONVOLUTIONS,
 )
