@@ -316,7 +316,9 @@ def test_sharded_over_4_devices_matches_one_device(image_dirs, tmp_path):
         assert r["loss4"] == pytest.approx(r["loss1"], rel=1e-5)
         assert r["step_loss"] == pytest.approx(r["loss1"], rel=1e-5)
         assert r["grad_rel"] < 1e-5, rows  # the whole gradient, norm-wise
-        assert r["layer_rel"] < 1e-4, rows  # and every layer's
+        # and every layer's: a small layer's gradient carries the batch split's float32 rounding relative to its
+        # own norm (1.3e-4 on an AVX2 CPU); a sharding mistake (a missing mean, wrong slices) is O(1)
+        assert r["layer_rel"] < 1e-3, rows
         assert r["replicated"] and r["devices_used"] == 4  # state replicated over the 4 devices
 
 

@@ -206,9 +206,19 @@ def test_one_train_step_matches_pytorch_adain_in_float32(setup):
     for key in ("loss", "loss_content", "loss_style"):
         assert ours[key] == pytest.approx(ref[key], rel=1e-4), key
     for n, leaf in _layers(ref["grads"]):
+        g_true = truth["grads"][n][leaf]
+        # Adam's first step moves each element by about lr * sign(g): where the true gradient is within float32's
+        # gradient error of zero, its sign, and so the step's direction, is a coin toss for any float32
+        # implementation (PyTorch's own float32 step flips such elements too, on some CPUs). Elements whose sign
+        # flipped that way are left out of the parameter comparison; they must stay rare.
+        g_ours = ours["grads"][n][leaf]
+        noise = np.maximum(np.abs(g_ours - g_true), np.abs(ref["grads"][n][leaf] - g_true))
+        flipped = (np.sign(g_ours) != np.sign(g_true)) & (np.abs(g_true) <= 2 * noise)
+        assert flipped.mean() < 0.01, (n, leaf, flipped.mean())
         for what in ("grads", "params"):
-            ours_err = _rel(ours[what][n][leaf], truth[what][n][leaf])
-            torch_err = _rel(ref[what][n][leaf], truth[what][n][leaf])
+            keep = ~flipped if what == "params" else np.ones_like(flipped)
+            ours_err = _rel(ours[what][n][leaf][keep], truth[what][n][leaf][keep])
+            torch_err = _rel(ref[what][n][leaf][keep], truth[what][n][leaf][keep])
             # within 1e-4 of the truth, or at worst twice as far as PyTorch's own float32 step is
             assert ours_err < max(1e-4, 2 * torch_err), (what, n, leaf, ours_err, torch_err)
 
