@@ -107,6 +107,7 @@ def main() -> None:
     import onnxruntime as ort
     from test_models_arbitrary import float_copy, picture
 
+    from nst_jax import runtime
     from nst_jax.models import arbitrary as A
     from nst_jax.weights.magenta_arbitrary import find_files, load_magenta_arbitrary
 
@@ -131,8 +132,11 @@ def main() -> None:
 
     style = picture("immunohistochemistry", (256, 256))
     content = picture("astronaut", (384, 384))
-    predict = jax.jit(A.predict)
-    transform = jax.jit(A.transform)
+    # compiled as the library compiles the family's programs (`nst_jax.runtime.jit`; NST_JAX_CPU_CONVOLUTIONS
+    # switches XLA's convolution library for comparisons)
+    predict = runtime.jit(A.predict, A.FAMILY.compiler_options)
+    transform = runtime.jit(A.transform, A.FAMILY.compiler_options)
+    print(f"ours compiled with {runtime.cpu_compiler_options(A.FAMILY.compiler_options) or 'XLA defaults'}")
     vector = np.asarray(predict(params, style))
 
     def ort_fn(name, feeds):

@@ -1035,7 +1035,7 @@ def _stat_programs() -> Any:
             analyse=jax.jit(adain_analyse, static_argnames="spec"),
             render=jax.jit(adain_render, static_argnames=("height", "width")),
             cin=runtime.jit(cin_stats_forward, runtime.EIGEN_CONVOLUTIONS, static_argnames="spec"),
-            arbitrary=jax.jit(arbitrary_stats_forward, static_argnames="static"))
+            arbitrary=runtime.jit(arbitrary_stats_forward, runtime.EIGEN_CONVOLUTIONS, static_argnames="static"))
     from types import SimpleNamespace
 
     return SimpleNamespace(**_STAT_PROGRAMS)

@@ -13,6 +13,7 @@ non-square sizes.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -200,9 +201,28 @@ def test_transform_any_size_matches_float_copy(params, sessions):
     assert np.abs(ours - ref).max() <= FLOAT_TOL
 
 
+def _int8_dot_products_saturate() -> bool:
+    """Whether this is an x86 CPU without VNNI, whose 8-bit dot-product instructions saturate their 16-bit
+    intermediate sums (OpenVINO's "saturation issue"): onnxruntime's int8 kernels then compute other values than
+    on VNNI CPUs, and the int8 MobileNet predictor's vector moved by 14-24% on such a CPU (AMD EPYC, AVX2)."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "vnni" not in flags
+
+
 def test_int8_originals(params, sessions):
-    """Ours (float32) against the int8 graphs, end to end at the file's sizes, for three styles."""
+    """Ours (float32) against the int8 graphs, end to end at the file's sizes, for three styles.
+
+    Where the CPU's int8 dot products saturate, the int8 predictor is no reference: only the int8 transformer (fed
+    the int8 predictor's vector) is compared there."""
     content = picture("astronaut", (384, 384))
+    saturating = _int8_dot_products_saturate()
     means = []
     for style_name in STYLES:
         style = picture(style_name, (256, 256))
@@ -216,6 +236,9 @@ def test_int8_originals(params, sessions):
         report(style=style_name, int8_vector_rel=rel(ours_v, v8), int8_mean=float(d.mean()),
                int8_p99=float(np.percentile(d, 99)), int8_max=float(d.max()), transform_only_mean=float(d_t.mean()),
                transform_only_p99=float(np.percentile(d_t, 99)))
+        if saturating:
+            means.append(float(d_t.mean()))
+            continue
         assert rel(ours_v, v8) < 0.05
         means += [float(d.mean()), float(d_t.mean())]
     assert max(means) <= INT8_MEAN_TOL

@@ -179,7 +179,8 @@ def _programs() -> SimpleNamespace:
         region_stats=jax.jit(temporal.adain_region_analyse),
         region_render=jax.jit(temporal.adain_region_render, static_argnames=("height", "width")),
         cin=runtime.jit(temporal.cin_stats_forward, runtime.EIGEN_CONVOLUTIONS, static_argnames="spec"),
-        arbitrary=jax.jit(temporal.arbitrary_stats_forward, static_argnames="static"))
+        arbitrary=runtime.jit(temporal.arbitrary_stats_forward, runtime.EIGEN_CONVOLUTIONS,
+                              static_argnames="static"))
 
 
 def family_default_strength(family: str) -> float:

@@ -58,6 +58,7 @@ from jax import lax
 
 from nst_jax import ops
 from nst_jax.models import Caps, Family, blend_conditions
+from nst_jax.runtime import EIGEN_CONVOLUTIONS
 from nst_jax.stability import StabilityTerm
 from nst_jax.typing import Array, Params
 
@@ -993,5 +994,5 @@ FAMILY = Family(
     name=NAME, caps=CAPS, init_params=init_params, setup=setup, open_streams=open_streams, loss_fn=loss_fn,
     sample=sample, condition=condition, stylize=stylize, stylize_masked=stylize_masked, blend=blend,
     trainable_mask=trainable_mask, start_params=start_params, validate_config=validate_config,
-    inference_setup=inference_setup,
+    inference_setup=inference_setup, compiler_options=EIGEN_CONVOLUTIONS,
 )
