@@ -20,9 +20,16 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file (configs/*.py).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events and sample grids.")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host GPU/TPU; the "
-                  "coordinator is auto-detected on TPU pods, SLURM and similar, or set via "
-                  "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).")
+flags.DEFINE_bool("distributed", False, "Join a multi-process run through jax.distributed, letting JAX detect "
+                  "the cluster (TPU pods, SLURM, Open MPI, Kubernetes); implied by the flags below or by "
+                  "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID.")
+flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0's coordinator (multi-process runs; default "
+                    "$JAX_COORDINATOR_ADDRESS).")
+flags.DEFINE_string("num-processes", None, "How many processes the run has (default $JAX_NUM_PROCESSES).")
+flags.DEFINE_string("process-id", None, "This process's index, 0 .. num-processes - 1 (default $JAX_PROCESS_ID).")
+flags.DEFINE_string("coordinator-timeout", "300", "Seconds to wait for the coordinator and every process to join.")
+flags.DEFINE_string("heartbeat-timeout", "100", "Seconds without news from a process after which the others "
+                    "stop with an error.")
 flags.DEFINE_string("export", None,
                     "Write the latest checkpoint's decoder to this .npz and exit (no training).")
 flags.DEFINE_bool("overwrite", False, "With --export: replace an existing file.")
@@ -48,8 +55,14 @@ def main(argv: list[str]) -> int:
             raise NstError("--config is required (e.g. --config configs/adain.py)")
         import jax
 
-        if FLAGS.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-            jax.distributed.initialize()
+        from nst_jax import distributed
+
+        # Before anything touches JAX's devices: they belong to the run once the processes have joined.
+        launch = distributed.resolve(FLAGS.coordinator, FLAGS["num-processes"].value, FLAGS["process-id"].value,
+                                     auto=FLAGS.distributed, timeout_s=FLAGS["coordinator-timeout"].value,
+                                     heartbeat_s=FLAGS["heartbeat-timeout"].value)
+        if launch is not None:
+            distributed.initialize(launch)
         if jax.devices()[0].platform == "cpu":
             # Keep freed buffers in the process: XLA's CPU runtime otherwise page-faults its scratch memory in
             # afresh on every step (NST_JAX_MALLOC=default turns this off).
@@ -63,6 +76,12 @@ def main(argv: list[str]) -> int:
         except TrainingDiverged as e:
             print(f"train.py: error: {e}", file=sys.stderr)
             return 1
+        except NstError:
+            raise
+        except Exception as e:
+            if launch is None:
+                raise
+            distributed.leave_failed_run(e)  # another process died mid-step, most likely: one line, exit 1
         if jax.process_index() == 0:
             loss = summary["loss"]
             print(f"done: step {summary['step']}" + (f", loss {loss:.4g}" if loss is not None else "")

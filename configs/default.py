@@ -64,4 +64,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.sample_every = 1000
     c.num_samples = 4
     c.progress = True              # tqdm progress bar on the console
+    c.profile_steps = ""           # "A:B": a jax.profiler trace of steps A..B (process 0) in WORKDIR/profile
     return c

@@ -8,7 +8,8 @@ Each stream is a grain pipeline: shuffle (a new order every epoch), decode, augm
 threads. It is deterministic given the seed, and `get_state()` / `set_state()` record and restore the exact
 position, so a resumed run sees the very batches an uninterrupted run would have seen. Unreadable, corrupt
 and tiny images are skipped and counted, never fatal; a source where no image can be used is a clear
-`DataError`.
+`DataError`. With several processes, each one decodes only its slice of every global batch of the one global
+stream, so the global batches do not depend on the process count (`ImageStream`'s `shard_index`, `shard_count`).
 
 Augmentation (what the peers feed their nets):
 - "crop": resize (shorter side to `resize_size`, aspect kept, as the Lua original; or both sides, as
@@ -25,6 +26,7 @@ import dataclasses
 import io
 import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -298,33 +300,44 @@ class ImageStream:
     def __init__(self, source: Source, aug: Augment, *, batch_size: int, seed: int, shard_index: int = 0,
                  shard_count: int = 1, threads: int = 8, prefetch_batches: int = 4,
                  on_skip: Callable[[Skipped, int], None] | None = None):
+        """Args:
+          source, aug: what to read and how to augment it.
+          batch_size: images per batch of this stream (with shards: this process's part of the global batch).
+          seed: the order and the augmentation, the same in every process.
+          shard_index, shard_count: this process's part: of each global batch of
+            `batch_size * shard_count` consecutive elements of the one global stream, elements
+            `[shard_index * batch_size, (shard_index + 1) * batch_size)`. The processes' batches, concatenated
+            in process order, are the batches of one process reading the whole stream (while no image is
+            skipped: a skipped image's place is taken by the next element of the same process).
+          threads, prefetch_batches: decoding threads and read-ahead.
+          on_skip: called with each skipped item and the running count.
+        """
         import grain
 
         if batch_size < 1:
             raise DataError(f"batch_size must be positive, got {batch_size}")
+        if not 0 <= shard_index < shard_count:
+            raise DataError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
         self.source = source
         self.aug = aug
         self.batch_size = batch_size
         self.on_skip = on_skip or _log_skip
-        n = len(source.items)
-        if n < shard_count:
-            raise DataError(f"{source.name} has {n} images, fewer than the {shard_count} data-loading "
-                            f"processes")
+        self._n = len(source.items)
         seq = np.random.SeedSequence(seed).generate_state(2)
-        ds = grain.MapDataset.source(source.items)
+        # The global stream: element i is source item k = a seeded permutation (a new one every epoch), augmented
+        # with a generator drawn from (seed, i), so any process computes any element identically.
+        ds = grain.MapDataset.range(self._n).shuffle(seed=int(seq[0])).repeat(None)
+        ds = ds.random_map(lambda k, rng: (k, prepare(source, aug, k, source.items[k], rng)), seed=int(seq[1]))
         if shard_count > 1:
-            ds = ds[shard_index::shard_count]
-        self._shard_len = len(ds)
-        ds = ds.shuffle(seed=int(seq[0])).repeat(None)
-        ds = ds.map_with_index(lambda i, x: (i, x))
-        ds = ds.random_map(lambda ix, rng: prepare(source, aug, ix[0], ix[1], rng), seed=int(seq[1]))
+            glob, b, everyone, first = ds, batch_size, batch_size * shard_count, shard_index * batch_size
+            ds = grain.MapDataset.range(sys.maxsize).map(lambda j: glob[(j // b) * everyone + first + j % b])
         options = grain.ReadOptions(num_threads=max(int(threads), 1),
                                     prefetch_buffer_size=max(prefetch_batches, 1) * batch_size)
         self._ds = ds.to_iter_dataset(options)
         self._it = iter(self._ds)
         self.skipped = 0
         self.seen = 0
-        self._run_of_skips = 0
+        self._bad_run: set[int] = set()
 
     def __iter__(self) -> ImageStream:
         return self
@@ -333,17 +346,17 @@ class ImageStream:
         out = np.empty((self.batch_size, self.aug.image_size, self.aug.image_size, 3), np.float32)
         k = 0
         while k < self.batch_size:
-            x = next(self._it)
+            item, x = next(self._it)
             self.seen += 1
             if isinstance(x, Skipped):
                 self.skipped += 1
-                self._run_of_skips += 1
+                self._bad_run.add(item)
                 self.on_skip(x, self.skipped)
-                if self._run_of_skips >= self._shard_len:
-                    raise DataError(f"none of the {self._shard_len} images of {self.source.name} could be "
+                if len(self._bad_run) >= self._n:  # every item of the source failed, none in between worked
+                    raise DataError(f"none of the {self._n} images of {self.source.name} could be "
                                     f"used (last: {x.where}: {x.reason})")
                 continue
-            self._run_of_skips = 0
+            self._bad_run.clear()
             np.divide(x, np.float32(255.0), out=out[k], casting="unsafe")
             k += 1
         return out
@@ -358,7 +371,7 @@ class ImageStream:
         self._it.set_state(state["position"])
         self.seen = int(state.get("seen", 0))
         self.skipped = int(state.get("skipped", 0))
-        self._run_of_skips = 0
+        self._bad_run.clear()
 
 
 def _log_skip(s: Skipped, count: int) -> None:

@@ -29,11 +29,15 @@ from nst_jax import checkpoints, models
 from nst_jax.errors import NstError, TrainingDiverged
 from nst_jax.training import (
     Metrics,
+    Profiler,
+    SkipReporter,
     StopFlag,
     Window,
     allgather_json,
     compile_cached,
     console,
+    parse_profile_steps,
+    report_progress,
     save_grid,
     warn_config_changes,
     write_json,
@@ -155,6 +159,7 @@ def validate_config(config, family: models.Family | None = None) -> None:
     if config.batch_size % n:
         raise NstError(f"config.batch_size ({config.batch_size}) must be a multiple of the device count "
                        f"({n})")
+    parse_profile_steps(config.get("profile_steps", ""))
     if family is not None and family.validate_config is not None:
         family.validate_config(config)
 
@@ -199,11 +204,11 @@ class _Run:
         self.batch = int(config.batch_size)
         self.num_steps = int(config.num_steps)
         self.manager = self.metrics = self.bar = None
+        self.profiler = Profiler(config.get("profile_steps", ""), workdir, self.lead)
 
         frozen, self.static = family.setup(config)
         self.frozen = jax.device_put(frozen, self.replicated)
-        self._reported: dict[str, set] = {"content": set(), "style": set()}
-        self.streams, self.samples = family.open_streams(config, self._on_skip)
+        self.streams, self.samples = family.open_streams(config, SkipReporter(self.lead))
 
         self.tx = make_optimizer(config)
         self.state = self._init_state()
@@ -242,15 +247,6 @@ class _Run:
         return TrainState(jax.device_put(jnp.zeros((), jnp.int32), self.replicated), params,
                           jax.jit(self.tx.init, out_shardings=self.replicated)(params))
 
-    def _on_skip(self, stream: str, item, count: int) -> None:
-        # Each bad file is named once (it comes back every epoch); the metrics count every occurrence.
-        seen = self._reported[stream]
-        if self.lead and item.where not in seen and len(seen) < 20:
-            seen.add(item.where)
-            console(f"skipped a {stream} image: {item.where}: {item.reason}")
-            if len(seen) == 20:
-                console(f"further skipped {stream} images are only counted (data/skipped_{stream})")
-
     def _restore(self) -> int:
         if self.manager.latest_step() is None:
             return 0
@@ -268,8 +264,9 @@ class _Run:
             for name, stream in self.streams.items():
                 stream.set_state(positions[jax.process_index()][name])
         elif self.lead:
-            console(f"note: the data positions were saved by {len(positions)} process(es), not "
-                     f"{jax.process_count()}: the data streams start afresh")
+            console(f"note: checkpoint step {step} was saved by {len(positions)} process(es) and this run has "
+                    f"{jax.process_count()}: the parameters, optimiser state and step are kept, the data streams "
+                    f"start again from their beginning (their positions are per process)")
         warn_config_changes(self.workdir, self.config_dict, self.lead)
         if self.lead:
             console(f"resuming from step {step} ({checkpoints.checkpoint_root(self.workdir) / str(latest)})")
@@ -321,12 +318,8 @@ class _Run:
             scalars["compile_s"] = summary["compile_s"]
         self.metrics.scalars(step, scalars)
         summary["loss"] = scalars["loss"]
-        if self.bar is not None:
-            shown = {"loss": f"{scalars['loss']:.4g}"}
-            for key, label in (("loss_content", "content"), ("loss_style", "style")):
-                if key in scalars:
-                    shown[label] = f"{scalars[key]:.3g}"
-            self.bar.set_postfix(**shown, img_s=f"{scalars['images_per_sec']:.3g}", refresh=False)
+        if self.lead:
+            report_progress(step, scalars, self.bar)
 
     def _sample(self, step: int) -> None:
         samples = {k: jnp.asarray(v) for k, v in self.samples.items()}
@@ -364,7 +357,9 @@ class _Run:
             pending: list[tuple[int, dict]] = []  # dispatched steps whose metrics are not fetched yet
             window = Window()
             for step in range(self.start_step + 1, self.num_steps + 1):
-                self.state, m = compiled(self.state, self.frozen, batch, self.mask)
+                self.profiler.before(step)
+                with window.timed("step"):
+                    self.state, m = compiled(self.state, self.frozen, batch, self.mask)
                 consumed = positions  # the data position that goes with the new state
                 pending.append((step, m))
                 last = step == self.num_steps
@@ -374,13 +369,14 @@ class _Run:
                 do_sample = step % int(cfg.sample_every) == 0 or last
                 do_save = step % int(cfg.checkpoint_every) == 0 or last or stopping
                 if not (last or stopping):
-                    t0 = time.perf_counter()
-                    batch, positions = self._next_batch()  # while the device runs the step
-                    window.data_s += time.perf_counter() - t0
+                    with window.timed("data"):
+                        batch, positions = self._next_batch()  # while the device runs the step
+                self.profiler.after(step, self.state, last or stopping)
                 # Fetching a step's metrics waits for it: keep the newest in flight unless something needs it.
                 keep = 0 if (do_log or do_sample or do_save) else 1
                 for s, metrics in pending[:len(pending) - keep]:
-                    host = jax.tree.map(np.asarray, jax.device_get(metrics))
+                    with window.timed("step"):
+                        host = jax.tree.map(np.asarray, jax.device_get(metrics))
                     self._check(s, host)
                     window.rows.append(host)
                 pending = pending[len(pending) - keep:]
@@ -390,9 +386,11 @@ class _Run:
                     self._log(step, window, summary)
                     window = Window()
                 if do_sample:
-                    self._sample(step)
+                    with window.timed("samples"):
+                        self._sample(step)
                 if do_save:
-                    self._save(step, consumed)
+                    with window.timed("checkpoint"):
+                        self._save(step, consumed)
                     last_saved = step
                 summary["step"] = step
                 if stopping:
@@ -412,6 +410,7 @@ class _Run:
         return summary
 
     def close(self) -> None:
+        self.profiler.stop()
         if self.bar is not None:
             self.bar.close()
         if self.manager is not None:

@@ -4,6 +4,7 @@ helpers and the compile cache (family-neutral; `nst_jax.train` is the loop itsel
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -22,7 +23,10 @@ from nst_jax.runtime import train_eigen_convolutions
 
 
 def open_image_streams(config, names: Sequence[str], on_skip: Callable) -> tuple[dict, dict]:
-    """This process's image streams (its shard of each source) and fixed sample images, one per name.
+    """This process's image streams and fixed sample images, one per name.
+
+    Every process reads the same global stream of each source and keeps its slice of each global batch
+    (`data.ImageStream`), so the global batches do not depend on the process count.
 
     Each name reads the config keys `<name>_data` and `<name>_split`; every stream has its own seed (derived from
     `config.seed`) and the training augmentation of `config`.
@@ -56,22 +60,27 @@ class IndexStream:
     """An endless stream of batches of random indices in [0, n) (e.g. which style each example trains on), with
     the exact-resume interface of the image streams (`get_state`/`set_state`, JSON-able).
 
-    Each process draws its own shard of the global batch from its own generator (seeded by seed and process).
+    Every process draws the whole global batch (`batch_size * shard_count`) from the same generator and keeps
+    its slice `shard_index`, so the global batches do not depend on the process count.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, shard_index: int = 0):
+    def __init__(self, n: int, batch_size: int, seed: int, shard_index: int = 0, shard_count: int | None = None):
+        """`batch_size` is this process's part; `shard_count` defaults to `jax.process_count()`."""
         if n < 1:
             raise ValueError(f"need at least one index to draw from, got n={n}")
         self.n = int(n)
         self.batch_size = int(batch_size)
-        self._rng = np.random.Generator(np.random.PCG64([int(seed), int(shard_index)]))
+        self.shard_index = int(shard_index)
+        self.shard_count = jax.process_count() if shard_count is None else int(shard_count)
+        self._rng = np.random.Generator(np.random.PCG64([int(seed), 0]))
         self.skipped = 0  # the loop reports skipped items per stream; indices are never skipped
 
     def __iter__(self) -> IndexStream:
         return self
 
     def __next__(self) -> np.ndarray:
-        return self._rng.integers(0, self.n, self.batch_size, dtype=np.int32)
+        everyone = self._rng.integers(0, self.n, self.batch_size * self.shard_count, dtype=np.int32)
+        return everyone[self.shard_index * self.batch_size:(self.shard_index + 1) * self.batch_size]
 
     def get_state(self) -> dict:
         """The generator's position (JSON-able)."""
@@ -201,6 +210,24 @@ class Metrics:
             self.writer.close()
 
 
+class SkipReporter:
+    """The loop's `on_skip`: names each skipped file once (it comes back every epoch), the first 20 per stream,
+    on process 0; the metrics count every occurrence."""
+
+    def __init__(self, enabled: bool, limit: int = 20):
+        self.enabled = enabled
+        self.limit = limit
+        self.reported: dict[str, set] = {}
+
+    def __call__(self, stream: str, item, count: int) -> None:
+        seen = self.reported.setdefault(stream, set())
+        if self.enabled and item.where not in seen and len(seen) < self.limit:
+            seen.add(item.where)
+            console(f"skipped a {stream} image: {item.where}: {item.reason}")
+            if len(seen) == self.limit:
+                console(f"further skipped {stream} images are only counted (data/skipped_{stream})")
+
+
 class StopFlag:
     """SIGTERM (preemption) and a first Ctrl-C ask the loop to save and stop; a second Ctrl-C interrupts."""
 
@@ -229,20 +256,111 @@ class StopFlag:
 
 
 class Window:
-    """Per-step metrics fetched from the device, averaged and timed between two log steps."""
+    """Per-step metrics fetched from the device, averaged and timed between two log steps.
+
+    The wall time of a window is split into where the loop waited: `data` (the next batch), `step` (dispatching
+    the step and waiting for its metrics, i.e. the device's work), `checkpoint` (saving), `samples` (sample
+    grids) and `other` (the rest: logging, the progress bar). `timed(part)` adds a block's time to a part.
+    """
+
+    PARTS = ("data", "step", "checkpoint", "samples")
 
     def __init__(self):
         self.rows: list[dict] = []
-        self.data_s = 0.0
+        self.spent = dict.fromkeys(self.PARTS, 0.0)
         self.start = time.perf_counter()
 
+    @contextlib.contextmanager
+    def timed(self, part: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.spent[part] += time.perf_counter() - t0
+
+    @property
+    def data_s(self) -> float:
+        return self.spent["data"]
+
     def summary(self, batch: int) -> dict[str, float]:
+        """The mean of each metric, the throughput, and the time split (`time/<part>`: shares of wall time)."""
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         n = len(self.rows)
         out = {k: float(np.mean([r[k] for r in self.rows])) for k in self.rows[0] if k != "finite"}
         out.update(steps_per_sec=n / elapsed, images_per_sec=n * batch / elapsed,
-                   data_wait_frac=self.data_s / elapsed)
+                   data_wait_frac=self.spent["data"] / elapsed)
+        for part, spent in self.spent.items():
+            out[f"time/{part}"] = min(spent / elapsed, 1.0)
+        out["time/other"] = max(1.0 - sum(self.spent.values()) / elapsed, 0.0)
         return out
+
+
+def time_split_line(scalars: Mapping[str, float]) -> str:
+    """`data 1%, step 96%, checkpoint 2%, samples 0%, other 1%` from `Window.summary`'s scalars."""
+    return ", ".join(f"{part} {100 * scalars[f'time/{part}']:.0f}%" for part in (*Window.PARTS, "other"))
+
+
+def report_progress(step: int, scalars: Mapping[str, float], bar: Any = None) -> None:
+    """One console line per log interval (loss, throughput, the time split) and the progress bar's figures."""
+    console(f"step {step}: loss {scalars['loss']:.4g}, {scalars['images_per_sec']:.3g} images/s; time: "
+            f"{time_split_line(scalars)}")
+    if bar is not None:
+        shown = {"loss": f"{scalars['loss']:.4g}"}
+        for key, label in (("loss_content", "content"), ("loss_style", "style")):
+            if key in scalars:
+                shown[label] = f"{scalars[key]:.3g}"
+        bar.set_postfix(**shown, img_s=f"{scalars['images_per_sec']:.3g}", refresh=False)
+
+
+def parse_profile_steps(spec: str) -> tuple[int, int] | None:
+    """`"A:B"` -> (A, B), the first and last step to trace (1-based, inclusive); "" -> None.
+
+    Raises:
+      NstError: not two positive integers with A <= B.
+    """
+    from nst_jax.errors import NstError
+
+    spec = str(spec or "").strip()
+    if not spec:
+        return None
+    first, sep, last = spec.partition(":")
+    try:
+        a, b = int(first), int(last)
+    except ValueError:
+        a = b = 0
+    if not sep or not 1 <= a <= b:
+        raise NstError(f"config.profile_steps must be 'A:B' with 1 <= A <= B (steps to trace), got {spec!r}")
+    return a, b
+
+
+class Profiler:
+    """A `jax.profiler` trace of steps A..B (`config.profile_steps`), written by process 0 into
+    `workdir/profile` (TensorBoard's profile plugin reads it; `perfetto_trace.json.gz` opens in ui.perfetto.dev).
+    """
+
+    def __init__(self, spec: str, workdir: Path, enabled: bool):
+        self.steps = parse_profile_steps(spec) if enabled else None
+        self.dir = workdir / "profile"
+        self.active = False
+        self.written: Path | None = None
+
+    def before(self, step: int) -> None:
+        """Call before dispatching `step`."""
+        if self.steps is not None and not self.active and self.steps[0] <= step <= self.steps[1]:
+            jax.profiler.start_trace(str(self.dir), create_perfetto_trace=True)
+            self.active = True
+
+    def after(self, step: int, state: Any, last: bool = False) -> None:
+        """Call after dispatching `step` (`state` is waited for, so the trace holds the whole step)."""
+        if self.active and (step >= self.steps[1] or last):
+            jax.block_until_ready(state)
+            self.stop()
+
+    def stop(self) -> None:
+        if self.active:
+            self.active = False
+            jax.profiler.stop_trace()
+            self.written = self.dir
 
 
 def save_grid(workdir: Path, step: int, samples: Mapping[str, np.ndarray], outputs: np.ndarray) -> np.ndarray:
