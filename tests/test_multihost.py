@@ -74,18 +74,25 @@ def _cmd(workdir: Path, image_dirs, *extra: str) -> list[str]:
             f"--config.style_data=folder:{image_dirs[1]}", *COMMON, *extra]
 
 
-def _start_two(workdir: Path, image_dirs, tmp_path: Path, *extra: str) -> list[subprocess.Popen]:
-    """The docs' recipe for plain hosts: the same command on each, with its --process-id. Each process's
-    output goes to a file (a full pipe would stall it, and its peer with it), `proc.log`."""
+def _start_two(workdir: Path, image_dirs, tmp_path: Path, *extra: str, via_env: bool = False
+               ) -> list[subprocess.Popen]:
+    """The docs' recipe for plain hosts: the same command on each, with its --process-id (or `via_env`: the
+    JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID variables). Each process's output goes to a file
+    (a full pipe would stall it, and its peer with it), `proc.log`."""
     coordinator = f"localhost:{_free_port()}"
     procs = []
     for i in range(2):
         log = tmp_path / f"{workdir.name}-{_free_port()}-{i}.log"
+        env = _env(tmp_path, 2)
+        if via_env:
+            env.update(JAX_COORDINATOR_ADDRESS=coordinator, JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
+            launch = []
+        else:
+            launch = [f"--coordinator={coordinator}", "--num-processes=2", f"--process-id={i}"]
         with log.open("w") as f:
-            proc = subprocess.Popen(_cmd(workdir, image_dirs, f"--coordinator={coordinator}", "--num-processes=2",
-                                         f"--process-id={i}", "--coordinator-timeout=60",
+            proc = subprocess.Popen(_cmd(workdir, image_dirs, *launch, "--coordinator-timeout=60",
                                          "--heartbeat-timeout=10", *extra),
-                                    env=_env(tmp_path, 2), stdout=f, stderr=subprocess.STDOUT)
+                                    env=env, stdout=f, stderr=subprocess.STDOUT)
         proc.log = log
         procs.append(proc)
     return procs
@@ -179,7 +186,7 @@ def test_two_processes_train_as_one_resume_after_sigkill_and_change_count(image_
     assert saved and saved[-1] < STEPS, f"the kill must land mid-run (checkpoints: {saved})"
     assert procs[0].returncode != 0, survivor_out[-2000:]
     assert "Traceback" not in survivor_out, survivor_out[-3000:]
-    outs = _wait(_start_two(killed, image_dirs, tmp_path))
+    outs = _wait(_start_two(killed, image_dirs, tmp_path, via_env=True))  # the environment's form of the same
     assert f"resuming from step {saved[-1]}" in outs[0], outs[0][-2000:]
     pk, step_k = _params(killed)
     assert step_k == STEPS
