@@ -17,6 +17,7 @@ import importlib.util
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from typing import NoReturn
@@ -148,8 +149,9 @@ def initialize(launch: Launch) -> None:
     `JAX_CPU_COLLECTIVES_IMPLEMENTATION` chose another). A second call in the same process does nothing.
 
     Raises:
-      DistributedError: the coordinator was not reached within `launch.timeout_s`, the backend was already
-        started, or JAX refused the settings; one line.
+      DistributedError: the coordinator was not reached within `launch.timeout_s`, its port is taken, the
+        backend was already started, or JAX refused the settings; one line. When the coordinator is reached but
+        not every process joins within `launch.timeout_s`, this process says so in one line and exits 2.
     """
     import jax
     from jax._src import xla_bridge
@@ -167,9 +169,14 @@ def initialize(launch: Launch) -> None:
         _check_port_free(launch.coordinator)
     elif launch.coordinator is not None and launch.process_id is not None:
         _wait_for_coordinator(launch.coordinator, launch.timeout_s)
+    # Registration waits for every process; when one never comes, JAX's client aborts the process with a C++
+    # trace once its own timeout (set a little later) expires. Leave first, in one line.
+    watchdog = threading.Timer(launch.timeout_s, _not_everyone_joined, (launch,))
+    watchdog.daemon = True
+    watchdog.start()
     try:
         jax.distributed.initialize(coordinator_address=launch.coordinator, num_processes=launch.num_processes,
-                                   process_id=launch.process_id, initialization_timeout=launch.timeout_s,
+                                   process_id=launch.process_id, initialization_timeout=launch.timeout_s + 10,
                                    heartbeat_timeout_seconds=launch.heartbeat_s)
     except Exception as e:  # ValueError (settings), JaxRuntimeError (DEADLINE_EXCEEDED, bind failure), ...
         text = " ".join(str(e).split()) or type(e).__name__
@@ -179,6 +186,17 @@ def initialize(launch: Launch) -> None:
                                    f"(is process 0 running, and every process started with the same "
                                    f"--coordinator and --num-processes?)") from None
         raise DistributedError(f"could not join the run through {where}: {text[:300]}") from None
+    finally:
+        watchdog.cancel()
+
+
+def _not_everyone_joined(launch: Launch) -> NoReturn:
+    n = f" of the {launch.num_processes}" if launch.num_processes else ""
+    print(f"train.py: error: not every process{n} joined the run at {launch.coordinator or 'the coordinator'} "
+          f"within {launch.timeout_s} s (--coordinator-timeout): is every process started, with the same "
+          f"--coordinator and --num-processes?", file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(2)
 
 
 def _host_port(address: str) -> tuple[str, int]:

@@ -217,6 +217,13 @@ def test_unreachable_coordinator_is_a_one_line_error_within_the_timeout(image_di
     assert f"train.py: error: could not reach the coordinator at localhost:{port} within 3 s" in out.stderr
     assert "Traceback" not in out.stderr
     assert took < 60, took
+    # process 0 alone: the coordinator runs, but the other process never comes
+    alone = subprocess.run(_cmd(tmp_path / "w", image_dirs, f"--coordinator=localhost:{_free_port()}",
+                                "--num-processes=2", "--process-id=0", "--coordinator-timeout=3"),
+                           env=_env(tmp_path, 2), capture_output=True, text=True, timeout=120)
+    assert alone.returncode == 2, alone.stderr[-2000:]
+    assert "train.py: error: not every process of the 2 joined the run at localhost:" in alone.stderr
+    assert "Traceback" not in alone.stderr and "Check failure" not in alone.stderr
     bad = subprocess.run(_cmd(tmp_path / "w", image_dirs, "--coordinator=localhost:1", "--num-processes=2",
                               "--process-id=2"), env=_env(tmp_path, 2), capture_output=True, text=True,
                          timeout=120)
