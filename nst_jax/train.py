@@ -181,10 +181,14 @@ def train_and_evaluate(config, workdir: str | os.PathLike) -> dict:
     family = models.get(config.get("model", "adain"))
     validate_config(config, family)
     run = _Run(config, Path(workdir).expanduser(), family)
+    broken = False
     try:
         return run.train()
+    except Exception as e:  # with several processes, most likely a dead peer: its saves would wait for it
+        broken = jax.process_count() > 1 and not isinstance(e, NstError)
+        raise
     finally:
-        run.close()
+        run.close(wait=not broken)
 
 
 class _Run:
@@ -409,11 +413,11 @@ class _Run:
                      + ", ".join(f"{k} {v}" for k, v in summary["skipped"].items()))
         return summary
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         self.profiler.stop()
         if self.bar is not None:
             self.bar.close()
-        if self.manager is not None:
+        if self.manager is not None and wait:
             try:  # an asynchronous save that fails (a full disk) surfaces here
                 checkpoints.checked_io("could not finish writing the last checkpoint",
                                        self.manager.wait_until_finished)
