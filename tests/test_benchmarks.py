@@ -7,12 +7,15 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import accelerator  # noqa: E402
 
 
+@pytest.mark.slow
 def test_accelerator_quick_writes_json_and_table(tmp_path):
     result = accelerator.main(["--quick", "--out", str(tmp_path)])
     data = json.loads((tmp_path / "accelerator.json").read_text())

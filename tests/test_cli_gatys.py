@@ -50,6 +50,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     return rc, out, err
 
 
+@pytest.mark.slow
 def test_writes_the_result_and_intermediates(files, tmp_path, capsys):
     out = tmp_path / "res" / "o.png"
     rc, stdout, err = run(capsys, str(files / "content.png"), "--style", str(files / "style.png"), *LAYERS,
@@ -77,6 +78,7 @@ def test_writes_the_result_and_intermediates(files, tmp_path, capsys):
     assert out.read_bytes() != before
 
 
+@pytest.mark.slow
 def test_masks_scales_and_luminance(files, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rc, stdout, err = run(capsys, str(files / "content.png"), "--style", str(files / "style.png"),

@@ -6,13 +6,13 @@ only a handful of programs (the jitted functions are shared by every Stylizer in
 
 from __future__ import annotations
 
-import adain_reference as R
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from skimage import data
 
+import adain_reference as R
 from nst_jax import cli
 from nst_jax import image as imagelib
 from nst_jax.stylize import Stylizer
@@ -107,6 +107,7 @@ def test_folders_make_every_pair_with_a_progress_bar(files, tmp_path, capsys):
     assert all(read(out_dir / n).shape == (32, 48, 3) for n in names)
 
 
+@pytest.mark.slow
 def test_blend_mask_colour_crop_and_sizes(files, tmp_path, capsys):
     common = [str(files["chelsea"]), *weights(files), "--out-dir", str(tmp_path)]
     assert main([*common, *SIZE, "--style", str(files["astronaut"]), "--style", str(files["rocket"]),

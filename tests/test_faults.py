@@ -18,43 +18,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import helpers
+from helpers import ROOT
+from nst_jax import checkpoints
+from nst_jax.errors import NstError
+from nst_jax.train import train_and_evaluate
 
-from configs import tiny  # noqa: E402
-from nst_jax import checkpoints  # noqa: E402
-from nst_jax.errors import NstError  # noqa: E402
-from nst_jax.train import train_and_evaluate  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def image_dirs(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("faults_data")
-    for i in range(6):
-        for sub, seed in (("content", i), ("style", 100 + i)):
-            p = root / sub / f"x{i}.png"
-            p.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.random.default_rng(seed).integers(0, 256, (40, 44, 3)).astype(np.uint8)).save(p)
-    return root / "content", root / "style"
+_steps = helpers.checkpoint_steps
 
 
 def _config(image_dirs, **overrides):
-    c = tiny.get_config()
-    c.content_data, c.style_data = f"folder:{image_dirs[0]}", f"folder:{image_dirs[1]}"
-    c.progress = False
-    c.image_size, c.resize_size = 16, 20
-    c.num_steps, c.checkpoint_every, c.log_every, c.sample_every = 4, 2, 2, 1000
-    for k, v in overrides.items():
-        c[k] = v
-    return c
-
-
-def _steps(workdir: Path) -> list[int]:
-    root = workdir / "checkpoints"
-    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.exists() else []
+    return helpers.tiny_config("adain", image_dirs, **{"image_size": 16, "resize_size": 20, "num_steps": 4,
+                                                      "checkpoint_every": 2, "log_every": 2,
+                                                      "sample_every": 1000, **overrides})
 
 
 def _params(workdir: Path, step: int | None = None) -> dict:
@@ -63,10 +40,7 @@ def _params(workdir: Path, step: int | None = None) -> dict:
     return params
 
 
-def _assert_equal(a: dict, b: dict) -> None:
-    for name in a:
-        for leaf in a[name]:
-            np.testing.assert_array_equal(a[name][leaf], b[name][leaf], err_msg=f"{name}/{leaf}")
+_assert_equal = helpers.assert_trees_equal
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +52,7 @@ def run4(image_dirs, tmp_path_factory) -> Path:
     return wd
 
 
+@pytest.mark.slow
 def test_corrupt_newest_checkpoint_resumes_from_the_one_before_and_says_so(run4, image_dirs, tmp_path, capsys):
     wd = tmp_path / "wd"
     shutil.copytree(run4, wd)
@@ -97,6 +72,7 @@ def test_corrupt_newest_checkpoint_resumes_from_the_one_before_and_says_so(run4,
     _assert_equal(_params(run4, 4), _params(wd, 4))
 
 
+@pytest.mark.slow
 def test_half_written_newest_checkpoint_is_ignored(run4, image_dirs, tmp_path, capsys):
     wd = tmp_path / "wd"
     shutil.copytree(run4, wd)
@@ -111,6 +87,7 @@ def test_half_written_newest_checkpoint_is_ignored(run4, image_dirs, tmp_path, c
     assert "nothing to do: the checkpoint is at step 4" in text, text
 
 
+@pytest.mark.slow
 def test_disk_full_during_a_save_keeps_the_previous_checkpoint_and_stops_with_one_line(
         run4, image_dirs, tmp_path, monkeypatch):
     import orbax.checkpoint as ocp
@@ -171,11 +148,12 @@ def _env(tmp_path: Path) -> dict:
 
 def _cmd(workdir: Path, image_dirs, *extra: str) -> list[str]:
     return [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "tiny.py"),
-            "--workdir", str(workdir), f"--config.content_data=folder:{image_dirs[0]}",
-            f"--config.style_data=folder:{image_dirs[1]}", "--config.progress=false",
+            "--workdir", str(workdir), f"--config.content_data={image_dirs['content']}",
+            f"--config.style_data={image_dirs['style']}", "--config.progress=false",
             "--config.image_size=16", "--config.resize_size=20", "--config.sample_every=1000", *extra]
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_0(image_dirs, tmp_path):
     wd = tmp_path / "wd"
     proc = subprocess.Popen(_cmd(wd, image_dirs, "--config.num_steps=100000", "--config.checkpoint_every=100000",
@@ -208,6 +186,7 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
     return r.returncode == 0
 
 
+@pytest.mark.slow
 def test_a_real_full_disk_stops_with_one_error_line_and_keeps_the_previous_checkpoint(image_dirs, tmp_path):
     mnt = tmp_path / "small_disk"
     # One tiny-run checkpoint (decoder + Adam state) is about 30 MB: the second does not fit.

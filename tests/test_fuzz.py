@@ -597,6 +597,7 @@ json_values = st.recursive(
     max_leaves=6)
 
 
+@pytest.mark.slow
 def test_fuzz_protocol_settings_messages():
     from nst_jax.serve.settings import Settings, parse_settings
     from nst_jax.serve.styles import StyleLibrary
@@ -636,6 +637,7 @@ print("PARSED")
 """
 
 
+@pytest.mark.slow
 def test_fuzz_config_overrides(tmp):
     keys = ["batch_size", "learning_rate", "model", "model.x", "", ".x", "num_steps[0]", "image_size.y",
             "nokey", "style_data", "seed", "trainable"]

@@ -254,6 +254,7 @@ def test_default_weights_follow_the_vgg_source():
 # Optimisation on a random-weight VGG19
 
 
+@pytest.mark.slow
 def test_lbfgs_lowers_the_loss_and_the_style_share(params, pictures):
     content, style, _ = pictures
     steps = []
@@ -270,6 +271,7 @@ def test_lbfgs_lowers_the_loss_and_the_style_share(params, pictures):
     assert result.evaluations >= 50
 
 
+@pytest.mark.slow
 def test_adam_converges(params, pictures):
     content, style, _ = pictures
     cfg = gatys.GatysConfig(**SMALL, optimizer="adam", lr=0.02, iterations=60, init="noise")
@@ -278,6 +280,7 @@ def test_adam_converges(params, pictures):
     assert result.evaluations == 60
 
 
+@pytest.mark.slow
 def test_multiscale_returns_the_final_size(params, pictures):
     content = np.asarray(image.resize(pictures[0], (80, 80)))  # any size in: each scale sets the longer side
     cfg = gatys.GatysConfig(**SMALL, scales=(32, 64), iterations=(4, 3))  # 64 px: compiled for other tests
@@ -288,6 +291,7 @@ def test_multiscale_returns_the_final_size(params, pictures):
     assert len(result.history) == 2
 
 
+@pytest.mark.slow
 def test_same_seed_same_result_bitwise(params, pictures):
     content, style, _ = pictures
     cfg = gatys.GatysConfig(**SMALL, iterations=5, init="noise", seed=3)
@@ -307,6 +311,7 @@ def test_save_every_ends_chunks_on_its_multiples(params, pictures):
     assert [s.total_iteration for s in steps] == [3, 4, 6, 8, 9]
 
 
+@pytest.mark.slow
 def test_style_scale_histogram_and_masks_change_the_targets(params, pictures):
     """With 0 iterations the result is the start and `initial_losses` shows the targets each option built."""
     content, style, _ = pictures

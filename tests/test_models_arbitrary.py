@@ -296,6 +296,7 @@ def test_blend_identities(small):
     np.testing.assert_allclose(mid, 0.25 * a + 0.75 * b, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_strength_identities(params, small):
     content, cond = small
     v = cond["vector"][0:1]
@@ -314,6 +315,7 @@ def test_strength_identities(params, small):
     np.testing.assert_allclose(two[1], none[0], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_masks(params, small):
     content, cond = small
     n, h, w, _ = content.shape

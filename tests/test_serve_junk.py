@@ -20,17 +20,18 @@ import pytest
 
 from nst_jax.serve import protocol, security
 from nst_jax.serve.app import LiveServer, ServerConfig
-from nst_jax.serve.cli import random_stylizer
 from nst_jax.serve.styles import StyleLibrary, builtin_patterns, fill_library
 from nst_jax.serve.testing import ServerThread, jpeg
+
+pytestmark = pytest.mark.slow  # a live server fed junk by real sockets, end to end
 
 SIZE = 32
 MARKER = b"PAYLOADMARKER"  # inside every junk payload: must never reach the log
 
 
 @pytest.fixture(scope="module")
-def server():
-    model = random_stylizer(0)
+def server(random_model):
+    model = random_model
     lib = StyleLibrary()
     fill_library(lib, [(n, "builtin", img) for n, img in builtin_patterns(SIZE)], model.style_stats)
     config = ServerConfig(sizes=(SIZE,), size=SIZE, style_size=SIZE, max_batch=4, send_buffer=4096,

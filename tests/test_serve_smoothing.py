@@ -19,7 +19,6 @@ from nst_jax.demo import sample_image
 from nst_jax.serve import protocol
 from nst_jax.serve.app import LiveServer, ServerConfig
 from nst_jax.serve.batcher import MAX_SMOOTHING, Batcher, Job, parse_smoothing, stack_conditions
-from nst_jax.serve.cli import random_stylizer
 from nst_jax.serve.styles import StyleLibrary, builtin_patterns, fill_library
 from nst_jax.serve.testing import ServerThread, jpeg
 
@@ -28,8 +27,8 @@ FRAMES = 8
 
 
 @pytest.fixture(scope="module")
-def model():
-    return random_stylizer(0)
+def model(random_model):
+    return random_model
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +63,7 @@ def test_strength_zero_is_the_exact_per_frame_output(model, condition):
     assert batcher._smooth == {}
 
 
+@pytest.mark.slow
 def test_smoothing_moves_a_jittered_still_toward_the_smoothed_output(model, condition):
     batcher = Batcher(model, [SIZE], max_batch=4)
     assert batcher.smoothing_supported()
@@ -85,6 +85,7 @@ def test_smoothing_moves_a_jittered_still_toward_the_smoothed_output(model, cond
     assert np.abs(got[1:] - plain[1:]).mean() > 1e-3
 
 
+@pytest.mark.slow
 def test_each_client_has_its_own_state(model, condition):
     frames_a, frames_b = jittered_still(seed=1), jittered_still(seed=2)[:, ::-1]
     solo = Batcher(model, [SIZE], max_batch=4)

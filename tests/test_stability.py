@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from PIL import Image
 
+import helpers
 from nst_jax import stability as S
 from nst_jax.stability import StabilityTerm
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +64,9 @@ def test_an_equivariant_network_scores_exactly_zero(content):
 
 def _adain_setup():
     from nst_jax.models import adain
-    from nst_jax.serve.cli import random_stylizer
+    from nst_jax.testing import random_adain
 
-    st = random_stylizer(0)
+    st = random_adain(0)
     rng = np.random.default_rng(2)
     c = jnp.asarray(rng.random((2, 32, 32, 3)), jnp.float32)
     s = jnp.asarray(rng.random((2, 32, 32, 3)), jnp.float32)
@@ -80,6 +74,7 @@ def _adain_setup():
     return adain, st, c, s, lc
 
 
+@pytest.mark.slow
 def test_weight_zero_is_bit_identical_and_a_positive_weight_adds_the_term():
     import dataclasses
 
@@ -107,35 +102,13 @@ def test_weight_zero_is_bit_identical_and_a_positive_weight_adds_the_term():
     assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g2), strict=True))
 
 
-def _image(path: Path, h: int, w: int, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:h, :w]
-    a = np.stack([np.sin(xx / (2 + seed % 5)) * 127 + 128, np.cos(yy / (3 + seed % 7)) * 127 + 128,
-                  rng.integers(0, 256, (h, w))], -1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(a.astype(np.uint8)).save(path)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["tiny", "tiny_cin", "tiny_arbitrary"])
-def test_a_tiny_run_of_every_family_trains_with_the_term_and_reports_it(tmp_path, family):
-    import importlib
-
+@pytest.mark.parametrize("family", helpers.FAMILIES)
+def test_a_tiny_run_of_every_family_trains_with_the_term_and_reports_it(tmp_path, image_dirs, family):
     from nst_jax.train import train_and_evaluate
 
-    for i in range(3):
-        _image(tmp_path / "content" / f"c{i}.jpg", 40, 44, i)
-        _image(tmp_path / "style" / f"s{i}.png", 40, 40, 10 + i)
-    c = importlib.import_module(f"configs.{family}").get_config()
-    c.content_data = f"folder:{tmp_path / 'content'}"
-    if family == "tiny_cin":
-        c.style_images = f"folder:{tmp_path / 'style'}"
-        c.cin.num_styles = 3
-    else:
-        c.style_data = f"folder:{tmp_path / 'style'}"
-    c.progress = False
-    c.num_steps, c.log_every, c.checkpoint_every, c.sample_every = 6, 3, 6, 6
-    c.stability_weight, c.stability_shift, c.stability_noise = 5.0, 2.0, 0.02
+    c = helpers.tiny_config(family, image_dirs, num_steps=6, log_every=3, checkpoint_every=6, sample_every=6,
+                            stability_weight=5.0, stability_shift=2.0, stability_noise=0.02)
     summary = train_and_evaluate(c, tmp_path / "run")
     assert summary["step"] == 6
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

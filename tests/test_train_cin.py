@@ -1,88 +1,29 @@
 """Training and fine-tuning the CIN family on the family-neutral loop (issue 11 items 4 and 5).
 
-A tiny CIN run (configs/tiny_cin.py: 32 px, batch 2, a narrow transformer, a random VGG16) on folders of
-generated images: the loss falls, a run resumes from its checkpoint, the trained model loads back as a "cin"
-model and stylizes; fine-tuning adds a style whose rows alone change (bitwise check on everything else); and
-Magenta's loss and its gradients equal the same computation written in plain torch.
+The session's tiny CIN run (configs/tiny_cin.py: 32 px, batch 2, a narrow transformer, a random VGG16; its
+"learns and resumes bitwise" is test_train_families.py) loads back with a row per style and stylizes;
+fine-tuning adds a style whose rows alone change (bitwise check on everything else); and Magenta's loss and its
+gradients equal the same computation written in plain torch.
 """
 
 from __future__ import annotations
-
-import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import tiny_cin
+import helpers
 from nst_jax import train
 from nst_jax.errors import NstError
-from nst_jax.image import save_image
 from nst_jax.models import cin, trained
 
 
-def _images(folder, n, seed, size=44):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size] / float(size)
-    for i in range(n):
-        f = rng.uniform(2, 9, 3)
-        img = np.stack([np.sin(xx * f[0] + i), np.cos(yy * f[1]), np.sin((xx + yy) * f[2])], -1) * 0.5 + 0.5
-        img = np.clip(img + rng.normal(0, 0.05, img.shape), 0, 1).astype(np.float32)
-        save_image(folder / f"{i}.png", img, overwrite=True)
-    return f"folder:{folder}"
-
-
-def _losses(workdir):
-    return [json.loads(line)["loss"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cin_data")
-    return {"content": _images(root / "content", 4, 0), "styles": _images(root / "styles", 2, 1),
-            "new": _images(root / "new_style", 1, 2), "root": root}
-
-
-def _config(data, **kw):
-    c = tiny_cin.get_config()
-    c.content_data = data["content"]
-    c.style_images = data["styles"]
-    c.progress = False
-    for k, v in kw.items():
-        c[k] = v
-    return c
-
-
-@pytest.fixture(scope="module")
-def base_run(data):
-    workdir = data["root"] / "base"
-    summary = train.train_and_evaluate(_config(data), workdir)
-    return workdir, summary
-
-
-def test_train_loss_falls_and_resumes(data, base_run):
-    workdir, summary = base_run
-    assert summary["step"] == 12 and summary["start_step"] == 0
-    losses = _losses(workdir)
-    assert len(losses) == 3 and all(np.isfinite(losses))
-    assert losses[-1] < 0.8 * losses[0]
-    assert sorted(p.name for p in (workdir / "samples").glob("*.png"))
-
-    # resume a copy: it continues at step 12 with the saved data positions
-    import shutil
-
-    copy = data["root"] / "resumed"
-    shutil.copytree(workdir, copy)
-    again = train.train_and_evaluate(_config(data, num_steps=16), copy)
-    assert again["start_step"] == 12 and again["step"] == 16
-
-
-def test_trained_model_loads_and_stylizes(data, base_run):
+@pytest.mark.slow
+def test_trained_model_has_a_row_per_style_and_stylizes(trained_run):
     from nst_jax.stylize import Stylizer
 
-    workdir, _ = base_run
+    workdir, _ = trained_run("cin")
     family, params, config = trained.load_trained(workdir)
     assert family.name == "cin" and cin.num_styles(params) == 2 and config["step"] == 12
     st = Stylizer.load(checkpoint=workdir)
@@ -96,22 +37,20 @@ def test_trained_model_loads_and_stylizes(data, base_run):
         st.stylize(content, [2])
 
 
-def _flat(tree, prefix=""):
-    out = {}
-    for k, v in tree.items():
-        name = f"{prefix}/{k}" if prefix else k
-        out.update(_flat(v, name) if isinstance(v, dict) else {name: np.asarray(v)})
-    return out
+_flat = helpers.flat
 
 
-def test_finetune_changes_only_the_new_rows(data, base_run):
+@pytest.mark.slow
+def test_finetune_changes_only_the_new_rows(trained_run, image_dirs, tmp_path):
     import shutil
 
     # fine-tune from a copy of the base, removed afterwards: the fine-tuned run must load on its own
-    base_dir = data["root"] / "base_copy"
-    shutil.copytree(base_run[0], base_dir)
+    base_dir = tmp_path / "base_copy"
+    shutil.copytree(trained_run("cin")[0], base_dir)
     _, base, _ = trained.load_trained(base_dir)
-    c = _config(data, init_from=str(base_dir), style_images=data["new"], num_steps=12)
+    c = helpers.tiny_config("cin", image_dirs, init_from=str(base_dir), num_steps=12)
+    c.content_data = helpers.write_images(tmp_path / "content", 4, seed=0)
+    c.style_images = helpers.write_images(tmp_path / "new_style", 1, seed=2)
     c.cin.num_styles = 1
     # the grown shape is what init_params (and so checkpoint restore) sees
     shapes = jax.eval_shape(lambda k: cin.FAMILY.init_params(k, c), jax.random.PRNGKey(0))
@@ -120,7 +59,7 @@ def test_finetune_changes_only_the_new_rows(data, base_run):
     np.testing.assert_array_equal(start["residual"]["0"]["1"]["norm"]["beta"][2],
                                   np.mean(base["residual"]["0"]["1"]["norm"]["beta"], axis=0))
 
-    workdir = data["root"] / "finetuned"
+    workdir = tmp_path / "finetuned"
     summary = train.train_and_evaluate(c, workdir)
     assert summary["step"] == 12
     shutil.rmtree(base_dir)
@@ -157,17 +96,51 @@ def start_of(start, name):
     return np.asarray(node)[2]
 
 
-def test_config_errors_name_the_key(data):
-    c = _config(data)
+def test_config_errors_name_the_key(image_dirs):
+    c = helpers.tiny_config("cin", image_dirs)
     c.cin.num_styles = 3
     with pytest.raises(NstError, match=r"config\.cin\.num_styles"):
         train.validate_config(c, cin.FAMILY)
-    c = _config(data, image_size=30)
+    c = helpers.tiny_config("cin", image_dirs, image_size=30)
     with pytest.raises(NstError, match=r"config\.image_size"):
         train.validate_config(c, cin.FAMILY)
-    c = _config(data, style_layers=("relu5_4",), style_layer_weights=(1.0,))
+    c = helpers.tiny_config("cin", image_dirs, style_layers=("relu5_4",), style_layer_weights=(1.0,))
     with pytest.raises(NstError, match=r"config\.style_layers"):
         train.validate_config(c, cin.FAMILY)
+
+
+def test_one_train_step_is_adam_on_the_loss_gradient(image_dirs):
+    """The family-neutral `train_step` on the tiny CIN recipe's real setup (random VGG16): Adam's update of the
+    family's loss gradient, and the rows of styles outside the batch stay bitwise."""
+    import optax
+
+    c = helpers.tiny_config("cin", image_dirs)
+    frozen, static = cin.setup(c)
+    tx = train.make_optimizer(c)
+    state = train.init_state(jax.random.PRNGKey(0), tx, cin.FAMILY.init_params, c)
+    rng = np.random.default_rng(0)
+    batch = {"content": jnp.asarray(rng.uniform(0, 1, (2, 32, 32, 3)), jnp.float32),
+             "style_id": jnp.asarray([1, 1], jnp.int32)}
+
+    @jax.jit
+    def step_and_reference(state):
+        new, metrics = train.train_step(state, frozen, batch, None, tx=tx, loss_fn=cin.loss_fn, static=static)
+        (loss, _), grads = jax.value_and_grad(cin.loss_fn, has_aux=True)(state.params, frozen, batch, static)
+        with jax.numpy_dtype_promotion("standard"):  # optax's step count is int32 (see train.train_step)
+            updates, _ = tx.update(grads, state.opt_state, state.params)
+        return new, metrics, loss, optax.apply_updates(state.params, updates)
+
+    new, metrics, loss, expected = step_and_reference(state)
+    assert int(new.step) == 1 and bool(metrics["finite"])
+    assert float(metrics["loss"]) == pytest.approx(float(loss), rel=1e-6)
+    before, after, want = helpers.flat(state.params), helpers.flat(new.params), helpers.flat(expected)
+    moved = 0
+    for k in before:
+        np.testing.assert_allclose(np.asarray(after[k]), np.asarray(want[k]), rtol=1e-5, atol=1e-7, err_msg=k)
+        if k.endswith(("gamma", "beta")):
+            np.testing.assert_array_equal(np.asarray(after[k])[0], np.asarray(before[k])[0])  # style 0: no step
+            moved += int(np.any(np.asarray(after[k])[1] != np.asarray(before[k])[1]))
+    assert moved > 0
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -256,12 +229,13 @@ def test_loss_and_grads_match_torch():
     static = cin.CINLoss(("relu2_2",), (1.0,), ("relu1_2", "relu2_2", "relu3_3"), (1e-1, 1e-2, 1e-3), vspec,
                          spec, "float32", 2, 1)
     jvp = jax.tree.map(jnp.asarray, vp)
-    grams = cin._style_grams(jvp, jnp.asarray(styles), vspec, static.style_layers)
+    grams = jax.jit(cin._style_grams, static_argnums=(2, 3))(jvp, jnp.asarray(styles), vspec, static.style_layers)
 
     def f(p):
         return cin.compute_loss(p, jvp, grams, jnp.asarray(content), jnp.asarray(ids), static)
 
-    (loss, metrics), grads = jax.value_and_grad(f, has_aux=True)(jax.tree.map(jnp.asarray, params))
+    # jitted: one program (op by op, the gradient alone compiled over 600 small ones)
+    (loss, metrics), grads = jax.jit(jax.value_and_grad(f, has_aux=True))(jax.tree.map(jnp.asarray, params))
 
     tp = jax.tree.map(lambda a: torch.tensor(np.asarray(a), dtype=torch.float64, requires_grad=True), params)
     tv = jax.tree.map(lambda a: torch.tensor(np.asarray(a), dtype=torch.float64), vp)
@@ -282,7 +256,7 @@ def test_loss_and_grads_match_torch():
     assert float(loss) == pytest.approx(float(t_loss.detach()), rel=1e-4)
     assert float(metrics["loss_content"]) == pytest.approx(float(t_content.detach()), rel=1e-4)
     assert float(metrics["loss_style"]) == pytest.approx(float(t_style.detach()), rel=1e-4)
-    ours, theirs = _flat(jax.tree.map(np.asarray, grads)), {k: v.grad.numpy() for k, v in _flat_t(tp).items()}
+    ours, theirs = _flat(jax.tree.map(np.asarray, grads)), {k: v.grad.numpy() for k, v in helpers.flat(tp).items()}
     assert ours.keys() == theirs.keys()
     # The last residual beta's gradient is exactly zero in exact arithmetic (a per-channel constant through a
     # convolution is removed by the next instance norm): leaves that small are compared against the whole
@@ -295,9 +269,3 @@ def test_loss_and_grads_match_torch():
     assert np.all(ours["contract/0/norm/gamma"][0] == 0)
 
 
-def _flat_t(tree, prefix=""):
-    out = {}
-    for k, v in tree.items():
-        name = f"{prefix}/{k}" if prefix else k
-        out.update(_flat_t(v, name) if isinstance(v, dict) else {name: v})
-    return out

