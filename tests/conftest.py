@@ -42,17 +42,32 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
+# A third of the kernel's default vm.max_map_count (65530): far from the limit, and high enough that programs
+# shared by several modules (the session fixtures' models) are usually compiled once per process.
+MAX_MAPPINGS = 20000
+
+
+def _mappings() -> int:
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            return sum(1 for _ in f)
+    except OSError:  # no procfs: always release
+        return MAX_MAPPINGS + 1
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
-    """Drop JAX's compiled programs after each test module.
+    """Drop JAX's compiled programs after a test module once the process holds many memory mappings.
 
     Every compiled CPU program keeps its own memory mappings (tens for a Winograd layer at
     jax_disable_most_optimizations); a whole-suite process otherwise reaches the kernel's vm.max_map_count
-    (65530) and XLA's compiler crashes on the next mmap. Session fixtures below hold parameters, not programs.
+    (65530) and XLA's compiler crashes on the next mmap. Below `MAX_MAPPINGS` the programs stay, so the next
+    module reuses what it shares with this one.
     """
     yield
-    jax.clear_caches()
-    gc.collect()
+    if _mappings() > MAX_MAPPINGS:
+        jax.clear_caches()
+        gc.collect()
 
 
 # ----------------------------------------------------------------------------------------------------------------
