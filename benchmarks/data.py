@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -37,19 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.accelerator import cpu_model  # noqa: E402
+
 BATCH = 8
-
-
-def cpu_model() -> str:
-    """The host CPU's model name (/proc/cpuinfo, as `lscpu | grep "Model name"`), or what `platform` knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_jpegs(folder: Path, n: int, w: int, h: int, seed: int = 0) -> list[Path]:
