@@ -303,6 +303,7 @@ def test_same_seed_same_result_bitwise(params, pictures):
     assert not np.array_equal(a.image, c.image)
 
 
+@pytest.mark.slow
 def test_save_every_ends_chunks_on_its_multiples(params, pictures):
     content, style, _ = pictures
     steps = []
@@ -343,6 +344,7 @@ def test_style_scale_histogram_and_masks_change_the_targets(params, pictures):
     assert initial(masks=[ones])["style"] == pytest.approx(initial()["style"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_masked_styles_land_in_their_regions(params, pictures):
     """Two flat colours as styles, each masked to one half: each half takes its style's colour statistics."""
     content = pictures[0]

@@ -167,6 +167,7 @@ def test_bucket_sizes():
         bucket_sizes(0)
 
 
+@pytest.mark.slow
 def test_batcher_makes_one_padded_call_per_tick_with_per_frame_style_and_alpha(model, library):
     spy = SpyModel(model)
     batcher = Batcher(spy, [SIZE], max_batch=4)

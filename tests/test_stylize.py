@@ -302,6 +302,7 @@ def test_wrong_encoder_for_the_decoder_is_refused(weight_files, tmp_path):
         Stylizer.load(vgg=weight_files[0], decoder=weight_files[0])  # a VGG given as the decoder
 
 
+@pytest.mark.slow
 def test_checkpoint_decoder_pairs_with_its_config(tmp_path, images):
     import jax
 

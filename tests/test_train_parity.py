@@ -262,7 +262,8 @@ _FORCED_MATMUL = lambda x, layer, padding: ops.conv_matmul_weight_grad(x, layer,
 
 
 @pytest.mark.parametrize("strategy", [
-    dict(conv=_FORCED_MATMUL),
+    # op by op, test_ops.py's every-strategy test covers it in the fast tier
+    pytest.param(dict(conv=_FORCED_MATMUL), marks=pytest.mark.slow),
     dict(conv=ops.conv_for_training),
     dict(fused_upsample=True, conv=ops.conv_plain),
 ], ids=["matmul-weight-grad", "training", "fused-upsample"])
