@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -51,6 +52,26 @@ def write_images(folder: Path, n: int, seed: int, size: int | tuple[int, int] = 
         img = np.clip(img + rng.normal(0, 0.05, img.shape), 0, 1)
         Image.fromarray((img * 255.0 + 0.5).astype(np.uint8)).save(folder / f"{i}.{ext}")
     return f"folder:{folder}"
+
+
+def subprocess_env(tmp_path: Path, devices: int | None = None) -> dict[str, str]:
+    """The environment of a test's child process: CPU only, offline, its own weights home, this process's
+    compiler settings (conftest's), and a compilation cache that the runs of one test share.
+
+    Args:
+      tmp_path: the test's folder; the child's `NST_JAX_HOME` and JAX cache live under it.
+      devices: emulate this many CPU devices (XLA's `--xla_force_host_platform_device_count`).
+    """
+    env = dict(os.environ)
+    env.update(JAX_PLATFORMS="cpu", NST_JAX_OFFLINE="1", NST_JAX_HOME=str(tmp_path / "home"),
+               PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1",
+               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    if devices:
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
+    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        env.pop(name, None)  # a child is one process of its own unless the test says otherwise
+    return env
 
 
 def image_dirs(root: Path, *, contents: int = 6, styles: int = 2) -> dict[str, str]:

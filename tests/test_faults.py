@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import helpers
-from helpers import ROOT
+from helpers import ROOT, subprocess_env
 from nst_jax import checkpoints
 from nst_jax.errors import NstError
 from nst_jax.train import train_and_evaluate
@@ -137,15 +137,6 @@ def test_io_errors_are_recognised_in_orbax_wrappers():
 # Real processes: SIGTERM, a real full disk (tmpfs), kill -9 at seeded random points
 
 
-def _env(tmp_path: Path) -> dict:
-    env = dict(os.environ)
-    env.update(JAX_PLATFORMS="cpu", NST_JAX_OFFLINE="1", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
-               NST_JAX_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1",
-               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    return env
-
-
 def _cmd(workdir: Path, image_dirs, *extra: str) -> list[str]:
     return [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "tiny.py"),
             "--workdir", str(workdir), f"--config.content_data={image_dirs['content']}",
@@ -158,7 +149,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_0(image_dirs, tmp_path):
     wd = tmp_path / "wd"
     proc = subprocess.Popen(_cmd(wd, image_dirs, "--config.num_steps=100000", "--config.checkpoint_every=100000",
                                  "--config.log_every=1"),
-                            env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=subprocess_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 240
         while not (wd / "metrics.jsonl").exists() or not (wd / "metrics.jsonl").read_text().strip():
@@ -195,7 +186,7 @@ def test_a_real_full_disk_stops_with_one_error_line_and_keeps_the_previous_check
     try:
         wd = mnt / "wd"
         p = subprocess.run(_cmd(wd, image_dirs, "--config.num_steps=4", "--config.checkpoint_every=2"),
-                           env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+                           env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=300)
         assert p.returncode == 2, p.stderr[-2000:]
         # TensorStore's stray "Event loop is closed" tracebacks (a known, unfixed leak) may share a line with ours
         errors = [ln[ln.index("train.py: error:"):] for ln in p.stderr.splitlines() if "train.py: error:" in ln]
@@ -212,7 +203,7 @@ def test_kill_9_at_ten_seeded_random_points_always_resumes_to_the_same_parameter
     steps = 14
     args = (f"--config.num_steps={steps}", "--config.checkpoint_every=1", "--config.log_every=1",
             "--config.max_checkpoints=2")
-    env = _env(tmp_path)
+    env = subprocess_env(tmp_path)
     straight = tmp_path / "straight"
     done = subprocess.run(_cmd(straight, image_dirs, *args), env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import subprocess_env
 from nst_jax import checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,19 +50,6 @@ def image_dirs(tmp_path_factory) -> tuple[Path, Path]:
     return root / "content", root / "style"
 
 
-def _env(tmp_path: Path, devices: int) -> dict:
-    env = dict(os.environ)
-    env.update(JAX_PLATFORMS="cpu", NST_JAX_OFFLINE="1", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
-               NST_JAX_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT),
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               # every run of a test shares compiled programs through JAX's persistent cache
-               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
-        env.pop(name, None)
-    return env
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
@@ -83,7 +71,7 @@ def _start_two(workdir: Path, image_dirs, tmp_path: Path, *extra: str, via_env: 
     procs = []
     for i in range(2):
         log = tmp_path / f"{workdir.name}-{_free_port()}-{i}.log"
-        env = _env(tmp_path, 2)
+        env = subprocess_env(tmp_path, 2)
         if via_env:
             env.update(JAX_COORDINATOR_ADDRESS=coordinator, JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
             launch = []
@@ -132,7 +120,7 @@ def _finished(workdir: Path) -> list[int]:
 def test_two_processes_train_as_one_resume_after_sigkill_and_change_count(image_dirs, tmp_path):
     # (a) 1 process x 4 devices, then 2 processes x 2 devices: the same global batches, the same program.
     one = tmp_path / "one"
-    out = subprocess.run(_cmd(one, image_dirs), env=_env(tmp_path, 4), capture_output=True, text=True,
+    out = subprocess.run(_cmd(one, image_dirs), env=subprocess_env(tmp_path, 4), capture_output=True, text=True,
                          timeout=240)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     two = tmp_path / "two"
@@ -195,7 +183,7 @@ def test_two_processes_train_as_one_resume_after_sigkill_and_change_count(image_
             np.testing.assert_array_equal(pk[k][leaf], pb[k][leaf], err_msg=f"{k}/{leaf}")
 
     # (d) Continue the 2-process run with 1 process: parameters and step are kept, the data starts afresh.
-    out = subprocess.run(_cmd(two, image_dirs, f"--config.num_steps={STEPS + 2}"), env=_env(tmp_path, 4),
+    out = subprocess.run(_cmd(two, image_dirs, f"--config.num_steps={STEPS + 2}"), env=subprocess_env(tmp_path, 4),
                          capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     said = out.stdout + out.stderr
@@ -211,7 +199,7 @@ def test_unreachable_coordinator_is_a_one_line_error_within_the_timeout(image_di
     t0 = time.monotonic()
     out = subprocess.run(_cmd(tmp_path / "w", image_dirs, f"--coordinator=localhost:{port}", "--num-processes=2",
                               "--process-id=1", "--coordinator-timeout=3"),
-                         env=_env(tmp_path, 2), capture_output=True, text=True, timeout=120)
+                         env=subprocess_env(tmp_path, 2), capture_output=True, text=True, timeout=120)
     took = time.monotonic() - t0
     assert out.returncode == 2, out.stderr[-2000:]
     assert f"train.py: error: could not reach the coordinator at localhost:{port} within 3 s" in out.stderr
@@ -220,11 +208,11 @@ def test_unreachable_coordinator_is_a_one_line_error_within_the_timeout(image_di
     # process 0 alone: the coordinator runs, but the other process never comes
     alone = subprocess.run(_cmd(tmp_path / "w", image_dirs, f"--coordinator=localhost:{_free_port()}",
                                 "--num-processes=2", "--process-id=0", "--coordinator-timeout=3"),
-                           env=_env(tmp_path, 2), capture_output=True, text=True, timeout=120)
+                           env=subprocess_env(tmp_path, 2), capture_output=True, text=True, timeout=120)
     assert alone.returncode == 2, alone.stderr[-2000:]
     assert "train.py: error: not every process of the 2 joined the run at localhost:" in alone.stderr
     assert "Traceback" not in alone.stderr and "Check failure" not in alone.stderr
     bad = subprocess.run(_cmd(tmp_path / "w", image_dirs, "--coordinator=localhost:1", "--num-processes=2",
-                              "--process-id=2"), env=_env(tmp_path, 2), capture_output=True, text=True,
+                              "--process-id=2"), env=subprocess_env(tmp_path, 2), capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 2 and "train.py: error: the process id must be in [0, 2), got 2" in bad.stderr

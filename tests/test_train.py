@@ -7,7 +7,6 @@ disks are `test_faults.py`."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import struct
 import subprocess
@@ -21,7 +20,7 @@ from PIL import Image
 
 import helpers
 from configs import tiny
-from helpers import ROOT
+from helpers import ROOT, subprocess_env
 from nst_jax import checkpoints
 from nst_jax.errors import WeightsError
 from nst_jax.train import TrainingDiverged, train_and_evaluate
@@ -127,18 +126,6 @@ def test_tiny_run_on_tfds_mock_data(tmp_path):
 # Subprocesses: the real command line, kill -9, and several (emulated) devices
 
 
-def _env(tmp_path: Path, devices: int | None = None) -> dict:
-    env = dict(os.environ)
-    env.update(JAX_PLATFORMS="cpu", NST_JAX_OFFLINE="1", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
-               NST_JAX_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT),
-               # the runs of one test share compiled programs through JAX's persistent cache
-               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    if devices:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    return env
-
-
 SHARDED = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
@@ -199,7 +186,7 @@ def test_sharded_over_4_devices_matches_one_device(image_dirs, tmp_path):
     script = SHARDED.format(root=str(ROOT), content=image_dirs["content"].removeprefix("folder:"),
                             style=image_dirs["style"].removeprefix("folder:"),
                             workdir=str(tmp_path / "w"))
-    out = subprocess.run([sys.executable, "-c", script], env=_env(tmp_path, devices=4), capture_output=True,
+    out = subprocess.run([sys.executable, "-c", script], env=subprocess_env(tmp_path, devices=4), capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -223,7 +210,7 @@ def test_command_line_errors_are_one_line(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config",
                           str(ROOT / "configs" / "tiny.py"), "--workdir", str(tmp_path / "w"),
                           f"--config.content_data=folder:{empty}"],
-                         env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+                         env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert f"train.py: error: no image files under {empty}" in out.stderr
     assert "Traceback" not in out.stderr
