@@ -1,8 +1,10 @@
-"""Multi-process pieces that need no second process: the launch settings, the per-process data shards, the time
-split and the profiler's step range. tests/test_multihost.py runs real processes."""
+"""Multi-process pieces that need no second process: the launch settings, joining a run (with JAX's initialize
+replaced), leaving a failed run, gathering JSON from every process, the per-process data shards, the time split and
+the profiler's step range. tests/test_multihost.py runs real processes."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -152,3 +154,209 @@ def test_profiler_writes_a_trace_of_the_chosen_steps(tmp_path):
     assert prof.written == tmp_path / "profile" and len(traces) == 1 and traces[0].stat().st_size > 0
     assert list((tmp_path / "profile").rglob("perfetto_trace.json.gz"))
     assert Profiler("2:3", tmp_path / "other", enabled=False).steps is None  # processes other than 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Joining a run, in this process: JAX's own initialize is replaced where it would really connect
+
+
+@pytest.fixture
+def listening():
+    """A TCP port that accepts connections: ("localhost:<port>", port)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        yield f"localhost:{port}", port
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+def test_coordinator_port_checks(listening):
+    address, port = listening
+    with pytest.raises(DistributedError, match=f"cannot serve the coordinator on port {port}: it is in use"):
+        distributed._check_port_free(address)
+    distributed._check_port_free(f"localhost:{_closed_port()}")  # free: no error
+    distributed._wait_for_coordinator(address, 2)  # accepts at once
+    t0 = time.monotonic()
+    with pytest.raises(DistributedError, match=r"could not reach the coordinator at localhost:\d+ within 0.5 s"):
+        distributed._wait_for_coordinator(f"localhost:{_closed_port()}", 0.5)
+    assert time.monotonic() - t0 < 5
+    assert distributed._host_port("[::1]:8476") == ("::1", 8476)
+
+
+def test_platform_and_cluster_detection(monkeypatch):
+    import jax
+    from jax._src import clusters
+
+    before = jax.config.jax_platforms
+    try:
+        jax.config.update("jax_platforms", "cpu")
+        assert distributed.cpu_platform()
+        jax.config.update("jax_platforms", "cuda,cpu")
+        assert not distributed.cpu_platform()
+        jax.config.update("jax_platforms", None)
+        monkeypatch.setenv("JAX_PLATFORMS", "")
+        plugins = ("libtpu", "jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin")
+        import importlib.util
+
+        want = not any(importlib.util.find_spec(p) is not None for p in plugins)
+        assert distributed.cpu_platform() == want
+    finally:
+        jax.config.update("jax_platforms", before)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert distributed._cluster_detected() in (True, False)
+    monkeypatch.setattr(clusters.ClusterEnv, "_cluster_types", [object()])  # the private API changed shape
+    assert distributed._cluster_detected() is True  # then JAX decides
+
+
+@pytest.fixture
+def fake_jax_join(monkeypatch):
+    """`distributed.initialize` as in a fresh process, with JAX's `initialize` recorded or made to fail."""
+    import jax
+    from jax._src import xla_bridge
+
+    calls: list = []
+    state = {"error": None}
+
+    def fake_initialize(**kwargs):
+        calls.append(kwargs)
+        if state["error"] is not None:
+            raise state["error"]
+
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
+    monkeypatch.setattr(jax.distributed, "initialize", fake_initialize)
+    monkeypatch.setattr(distributed, "cpu_platform", lambda: True)
+    updates: list = []
+    monkeypatch.setattr(jax.config, "update", lambda name, value: updates.append((name, value)))
+    monkeypatch.delenv("JAX_CPU_COLLECTIVES_IMPLEMENTATION", raising=False)
+    return calls, state, updates
+
+
+def test_initialize_checks_first_then_joins_with_gloo_on_cpu(fake_jax_join, listening):
+    calls, state, updates = fake_jax_join
+    address, _ = listening
+    # a later process waits for the coordinator, then joins with the launch's settings
+    distributed.initialize(Launch(address, 2, 1, timeout_s=3, heartbeat_s=7))
+    assert calls == [dict(coordinator_address=address, num_processes=2, process_id=1, initialization_timeout=13,
+                          heartbeat_timeout_seconds=7)]
+    assert updates == [("jax_cpu_collectives_implementation", "gloo")]
+    # process 0 needs the coordinator's port free
+    with pytest.raises(DistributedError, match="it is in use"):
+        distributed.initialize(Launch(address, 2, 0))
+    assert len(calls) == 1  # refused before JAX was asked
+
+
+@pytest.mark.parametrize("error, message", [
+    (RuntimeError("DEADLINE_EXCEEDED: Barrier timed out\n  at ..."), "could not reach the coordinator at h:1 "
+                                                                     "within 300 s"),
+    (ValueError("Number of processes must be\ndefined"), "could not join the run through h:1: Number of "
+                                                         "processes must be defined"),
+])
+def test_initialize_failures_are_one_line(fake_jax_join, monkeypatch, error, message):
+    calls, state, _ = fake_jax_join
+    state["error"] = error
+    monkeypatch.setattr(distributed, "_wait_for_coordinator", lambda address, timeout: None)
+    with pytest.raises(DistributedError, match=message) as e:
+        distributed.initialize(Launch("h:1", 2, 1))
+    assert "\n" not in str(e.value)
+
+
+def test_initialize_once_and_never_after_the_devices(monkeypatch):
+    import jax
+
+    # in this process the devices are in use already: too late to join a run
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    with pytest.raises(DistributedError, match="before JAX's devices are used"):
+        distributed.initialize(Launch("h:1", 2, 1))
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
+    distributed.initialize(Launch("h:1", 2, 1))  # a second call does nothing
+
+
+def test_leaving_a_run_is_one_line_and_an_immediate_exit(monkeypatch, capsys):
+    import os
+
+    codes: list = []
+
+    def fake_exit(code):
+        codes.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    with pytest.raises(SystemExit):
+        distributed.leave_failed_run(RuntimeError("Gloo\nconnection closed by peer"))
+    with pytest.raises(SystemExit):
+        distributed._not_everyone_joined(Launch("h:1", 3, 2, timeout_s=9))
+    err = capsys.readouterr().err.splitlines()
+    assert codes == [1, 2] and len(err) == 2
+    assert err[0].startswith("train.py: error: process 0 of 1 stopped: Gloo connection closed by peer.")
+    assert "resumes from its last checkpoint" in err[0]
+    assert "not every process of the 3 joined the run at h:1 within 9 s" in err[1]
+
+
+def test_allgather_json_packs_unequal_lengths(monkeypatch):
+    """Every process's JSON, padded to the longest and cut back: simulated with a second process whose object
+    is longer than this one's."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    from nst_jax.training import allgather_json
+
+    assert allgather_json({"a": 1}) == [{"a": 1}]  # one process: no collective
+    mine, peer = {"step": 3}, {"step": 3, "skipped": ["x" * 40]}
+    peer_raw = np.frombuffer(json.dumps(peer).encode(), np.uint8)
+
+    def fake_allgather(x):
+        x = np.asarray(x)
+        if x.dtype == np.int32:  # the sizes
+            return np.stack([x, np.array([peer_raw.size], np.int32)])
+        other = np.zeros(x.size, np.uint8)
+        other[:peer_raw.size] = peer_raw
+        return np.stack([x, other])
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(multihost_utils, "process_allgather", fake_allgather)
+    assert allgather_json(mine) == [mine, peer]
+
+
+def test_stop_flag_index_stream_progress_and_config_notes(tmp_path, capsys):
+    import signal
+
+    from nst_jax.training import StopFlag, report_progress, warn_config_changes
+
+    flag = StopFlag(sigterm=False)
+    flag._handle(signal.SIGTERM, None)
+    assert flag.requested
+    with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C interrupts
+        flag._handle(signal.SIGINT, None)
+    with pytest.raises(ValueError, match="at least one index"):
+        IndexStream(0, 2, seed=0, shard_count=1)
+    stream = IndexStream(5, 2, seed=0, shard_count=1)
+    assert iter(stream) is stream
+
+    class Bar:
+        def set_postfix(self, refresh=True, **shown):
+            self.shown = shown
+
+    bar = Bar()
+    scalars = {"loss": 1.5, "loss_content": 0.5, "loss_style": 1.0, "images_per_sec": 12.0,
+               **{f"time/{p}": 0.2 for p in ("data", "step", "checkpoint", "samples", "other")}}
+    report_progress(7, scalars, bar)
+    assert bar.shown == {"loss": "1.5", "content": "0.5", "style": "1", "img_s": "12"}
+    assert "step 7: loss 1.5, 12 images/s; time: data 20%" in capsys.readouterr().out
+    (tmp_path / "config.json").write_text("{not json")
+    warn_config_changes(tmp_path, {"lr": 1}, lead=True)  # an unreadable old config: nothing to compare
+    (tmp_path / "config.json").write_text('{"lr": 2}')
+    warn_config_changes(tmp_path, {"lr": 1}, lead=False)  # not process 0: silent
+    assert capsys.readouterr().out == ""
+    warn_config_changes(tmp_path, {"lr": 1}, lead=True)
+    assert "lr: 2 -> 1" in capsys.readouterr().out
