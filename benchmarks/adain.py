@@ -60,11 +60,11 @@ def main() -> None:
 
     tuned = args.allocator == "tuned" and tune_allocator()
 
-    import adain_reference as R
     import jax
     import numpy as np
     import torch
 
+    import adain_reference as R
     from nst_jax.models.adain import flops
     from nst_jax.stylize import Stylizer
 

@@ -57,10 +57,10 @@ def step_flops(size: int, batch: int) -> float:
 
 def _models():
     """The shared random weights: pytorch-AdaIN's modules and the same numbers as nst-jax trees."""
-    import adain_reference as R
     import numpy as np
     import torch
 
+    import adain_reference as R
     from nst_jax import vgg
     from nst_jax.models import decoder
 
@@ -132,10 +132,10 @@ def worker_ours(b: int, s: int) -> None:
 
 def worker_torch(b: int, s: int, fmt: str) -> None:
     """Serve pytorch-AdaIN's train.py loop body (net.Net forward, losses, backward, Adam with lr decay)."""
-    import adain_reference as R
     import torch
     from torch.nn import functional as F
 
+    import adain_reference as R
     from configs import adain as adain_config
 
     torch.set_num_threads(os.cpu_count() or 1)
