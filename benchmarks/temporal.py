@@ -58,7 +58,6 @@ def _batched(fn, frames, batch: int = BATCH):
 
 def adain_family(size: int):
     """(per_frame(x), smoothed(x, valid, smoother), stats(x)) for the calibrated random-weight AdaIN."""
-    import jax
     import jax.numpy as jnp
     import numpy as np
 
@@ -69,22 +68,20 @@ def adain_family(size: int):
     st = random_stylizer(0)
     style = sample_image("hubble", size)
     ss = st.style_stats(style)
-    analyse = jax.jit(T.adain_analyse, static_argnames="spec")
-    render = jax.jit(T.adain_render, static_argnames=("height", "width"))
+    sf = T.StatForward(st)
+
+    def cond(n):
+        return {"mean": jnp.broadcast_to(ss.mean, (n, 1, 1, 512)), "std": jnp.broadcast_to(ss.std, (n, 1, 1, 512))}
 
     def per_frame(x, valid):
         return st.stylize(x, [style])
 
     def smoothed(x, valid, smoother):
-        n, h, w = x.shape[:3]
-        f, own = analyse(st.vgg, jnp.asarray(x), spec=st.spec)
-        mean = jnp.broadcast_to(ss.mean, (n, 1, 1, 512))
-        std = jnp.broadcast_to(ss.std, (n, 1, 1, 512))
-        return np.asarray(render(st.decoder, f, smoother(own, valid), mean, std, jnp.ones((n,), jnp.float32),
-                                 height=h, width=w))
+        n = x.shape[0]
+        return np.asarray(sf.smooth(smoother, x, cond(n), jnp.ones((n,), jnp.float32), valid=valid)[0])
 
     def stats(x):
-        return analyse(st.vgg, jnp.asarray(x), spec=st.spec)[1]
+        return sf.analyse(x, cond(len(x)), jnp.ones((len(x),), jnp.float32))[1]
 
     return per_frame, smoothed, stats
 

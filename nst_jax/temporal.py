@@ -23,9 +23,8 @@ Stabilisation (JAX, pure and jit-able)
   relu4_1; instance-norm networks: every layer; `stat_pairs` lists the accepted forms), reset at scene cuts,
   which are detected from a jump of those statistics. Strength 0 returns each frame's own statistics, bit for
   bit.
-- AdaIN with smoothed statistics (`adain_analyse`, `adain_render`, and `adain_region_*` for masks), composed from
-  the public pieces of `nst_jax.models.adain`: the content's relu4_1 mean and std are the smoothed ones, the style
-  statistics and the decoder are unchanged.
+- Any family with smoothed statistics (`StatForward`, over the family contract's `stats_forward`): AdaIN's
+  content relu4_1 mean and std, every instance norm of CIN and the arbitrary network.
 - Flow-guided blending with the previous output (`flow_blend`, `FlowBlender`): costs one DIS flow per frame.
 
 Scene cuts: `cut_score` is a standardised distance between two frames' statistics (per channel, the mean's jump
@@ -42,14 +41,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import runtime
 from nst_jax.errors import NstError
+from nst_jax.models import MeanVar
 from nst_jax.typing import Array
 
 # Lai et al.'s occlusion thresholds (compute_flow_occlusion.py), on flows in pixels.
@@ -601,13 +601,6 @@ def flicker_report(outputs: Any, inputs: Any, reference: Any | None = None, *,
 # Statistic smoothing (JAX)
 
 
-class MeanVar(NamedTuple):
-    """One normalisation layer's content statistics: per-channel mean and the variance it divides by."""
-
-    mean: Array
-    var: Array
-
-
 class SmoothState(NamedTuple):
     """What the smoother carries from frame to frame (leaves shaped like one frame's statistics).
 
@@ -790,10 +783,13 @@ class StatSmoother:
         v = np.ones((n,), bool) if valid is None else np.asarray(valid, bool)
         out, self.state, cuts = _SMOOTH_SEQUENCE(self.state, stats, np.float32(self.strength),
                                                  np.float32(self.cut_ratio), v)
+        self._record(cuts, v)
+        return out
+
+    def _record(self, cuts: Any, valid: np.ndarray) -> None:
         self.last_cuts = np.asarray(cuts, bool)
         self.cuts += [self.frames + int(i) for i in np.flatnonzero(self.last_cuts)]
-        self.frames += int(v.sum())
-        return out
+        self.frames += int(valid.sum())
 
     def reset(self) -> None:
         """Forget the past (the next frame starts a new scene)."""
@@ -801,244 +797,94 @@ class StatSmoother:
 
 
 # ----------------------------------------------------------------------------------------------------
-# AdaIN with smoothed content statistics
-
-
-def adain_analyse(vgg_params: Any, content: Array, spec: Any) -> tuple[Array, MeanVar]:
-    """relu4_1 features of the frames and their content statistics.
-
-    Args:
-      vgg_params: the encoder's parameters; content: (N, H, W, 3) in [0, 1]; spec: the encoder's `VGGSpec`.
-
-    Returns:
-      (features (N, h, w, 512), MeanVar with mean (N, 1, 1, 512) and var = std^2 (N, 1, 1, 512), std being what
-      AdaIN divides by: the unbiased variance plus AdaIN's eps, under the square root).
-    """
-    from nst_jax import ops
-    from nst_jax.models import adain
-
-    f = adain.content_features(vgg_params, content, spec)
-    mean, std = ops.mean_std(f.astype(jnp.float32), adain.EPS)
-    return f, MeanVar(mean, jnp.square(std))
-
-
-def _crop_clip(img: Array, height: int, width: int) -> Array:
-    # The decoder's output covers the ceil-mode grid: the input's pixels are its top-left corner.
-    return jnp.clip(img[:, :height, :width, :].astype(jnp.float32), 0.0, 1.0)
-
-
-def adain_render(decoder_params: Any, f: Array, content_stats: MeanVar, s_mean: Array, s_std: Array,
-                 alpha: Array, height: int, width: int) -> Array:
-    """AdaIN with given content statistics, mixed by alpha, decoded, cropped to (height, width), clipped.
-
-    With the frames' own statistics this is `nst_jax.models.adain.stylize` (to rounding).
-
-    Args:
-      decoder_params: the decoder; f: (N, h, w, 512) features; content_stats: MeanVar (N, 1, 1, 512) each;
-      s_mean, s_std: (N, 1, 1, 512) style statistics; alpha: (N,); height, width: the frames' size (static).
-
-    Returns:
-      (N, height, width, 3) float32 in [0, 1].
-    """
-    from nst_jax.models import adain
-
-    std = jnp.sqrt(content_stats.var).astype(f.dtype)
-    t = (f - content_stats.mean.astype(f.dtype)) / std * s_std.astype(f.dtype) + s_mean.astype(f.dtype)
-    return _crop_clip(adain.decode(decoder_params, adain.mix_alpha(t, f, alpha)), height, width)
-
-
-def adain_region_analyse(f: Array, masks: Array) -> MeanVar:
-    """Per-region content statistics for spatial control, as `nst_jax.models.adain.region_adain` weighs them.
-
-    Args:
-      f: (N, h, w, C) features; masks: (N, h, w, K) non-negative weights on the feature grid.
-
-    Returns:
-      MeanVar with (N, K, C) mean and var (the unbiased weighted variance plus AdaIN's eps).
-    """
-    from nst_jax.models import adain
-
-    f32 = f.astype(jnp.float32)
-    w = _region_weights(masks)
-    n = jnp.sum(w, axis=(1, 2))[..., None]
-    hi = jax.lax.Precision.HIGHEST
-    # Centred on the image mean first, so the one-pass variance does not cancel.
-    g_mean = jnp.mean(f32, axis=(1, 2))
-    g = f32 - g_mean[:, None, None, :]
-    s1 = jnp.einsum("nhwk,nhwc->nkc", w, g, precision=hi)
-    s2 = jnp.einsum("nhwk,nhwc->nkc", w, jnp.square(g), precision=hi)
-    mu_g = s1 / jnp.maximum(n, 1e-12)
-    ssd = jnp.maximum(s2 - n * jnp.square(mu_g), 0.0)
-    var = ssd / jnp.maximum(n - 1.0, 1.0) + adain.EPS
-    return MeanVar(mu_g + g_mean[:, None, :], var)
-
-
-def _region_weights(masks: Array) -> Array:
-    masks = masks.astype(jnp.float32)
-    cover = jnp.sum(masks, axis=-1, keepdims=True)
-    return jnp.where(cover > 0, masks / jnp.where(cover > 0, cover, 1.0), 0.0)
-
-
-def adain_region_render(decoder_params: Any, f: Array, masks: Array, content_stats: MeanVar, s_mean: Array,
-                        s_std: Array, alpha: Array, height: int, width: int) -> Array:
-    """Masked AdaIN with given per-region content statistics (N, K, C), then as `adain_render`.
-
-    Positions that no mask covers keep their content features (as `region_adain`).
-    """
-    from nst_jax.models import adain
-
-    f32 = f.astype(jnp.float32)
-    w = _region_weights(masks)
-    covered = jnp.sum(masks.astype(jnp.float32), axis=-1, keepdims=True) > 0
-    hi = jax.lax.Precision.HIGHEST
-    a = s_std.astype(jnp.float32) / jnp.sqrt(content_stats.var)
-    b = s_mean.astype(jnp.float32) - content_stats.mean * a
-    scale = jnp.einsum("nhwk,nkc->nhwc", w, a, precision=hi)
-    shift = jnp.einsum("nhwk,nkc->nhwc", w, b, precision=hi)
-    t = jnp.where(covered, f32 * scale + shift, f32).astype(f.dtype)
-    return _crop_clip(adain.decode(decoder_params, adain.mix_alpha(t, f, alpha)), height, width)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Instance-norm networks (CIN, arbitrary) with given normalisation statistics
-#
-# Two passes per frame: the network's own pass gives every layer's per-frame statistics (and the per-frame
-# output, the report's reference, for free); the second runs with the smoothed statistics in place of each
-# layer's own. The hooks are `cin.apply(norm_stats=, return_stats=)` and `arbitrary.transform(...)`; a single
-# pass would need a per-layer hook (smoothing each layer's statistics as the pass reaches it).
-
-
-def cin_stats_forward(params: Any, content: Array, condition: Any, masks: Array | None, alpha: Array,
-                      norm_stats: Any, spec: Any) -> tuple[Array, Any]:
-    """CIN's stylization (`cin.stylize` / `cin.stylize_masked`) with optional replacement statistics.
-
-    Args:
-      params: the network; spec: its `TransformerSpec` (static).
-      content: (N, H, W, 3) in [0, 1].
-      condition: {"weights": (N, S)}, or with `masks` {"weights": (N, K, S)}.
-      masks: None, or (N, H, W, K) per-pixel weights of the K conditions.
-      alpha: (N,): the output is alpha * stylized + (1 - alpha) * content.
-      norm_stats: None (each frame's own statistics) or a tree as `return_stats` gives.
-
-    Returns:
-      (images (N, H, W, 3) float32, the per-layer statistics the pass computed: {path: {"mean", "var"}}).
-    """
-    from nst_jax.models import cin
-
-    w = jnp.asarray(condition["weights"], jnp.float32)
-    if masks is not None:
-        w = jnp.einsum("nhwk,nks->nhws", jnp.asarray(masks, jnp.float32), w)
-    y, stats = cin.apply(params, content, w, spec, norm_stats=norm_stats, return_stats=True)
-    a = jnp.asarray(alpha, jnp.float32).reshape(-1, 1, 1, 1)
-    return y * a + content * (1.0 - a), stats
-
-
-def arbitrary_stats_forward(params: Any, content: Array, condition: Any, masks: Array | None, alpha: Array,
-                            norm_stats: Any, frozen: Any = None, static: Any = None) -> tuple[Array, Any]:
-    """The arbitrary network's stylization (`arbitrary.stylize` / `stylize_masked`) with optional replacement
-    statistics.
-
-    Args:
-      params: the model tree.
-      content: (N, H, W, 3) in [0, 1].
-      condition: {"vector": (N, 100)}, or with `masks` {"vector": (N, K, 100)}.
-      masks: None, or (N, H, W, K) per-pixel weights (normalised as `arbitrary.stylize_masked` does: the
-        uncovered rest goes to the content's own vector).
-      alpha: (N,) strengths (1: the style's vector, 0: the content's own).
-      norm_stats: None (each frame's own moments) or {layer: (mean, var)} as `return_stats` gives.
-      frozen, static: the family's frozen arrays and static identity (the content's own vector, for alpha < 1,
-        is the family's `condition` of the content, as in `arbitrary.stylize`).
-
-    Returns:
-      (images (N, H, W, 3) float32, {layer: (mean, var)} the moments each layer used).
-    """
-    from nst_jax.models import arbitrary
-
-    def own_vector() -> Array:
-        return arbitrary.condition(params, frozen, content, static)["vector"]
-
-    v = jnp.asarray(condition["vector"], jnp.float32)
-    a = jnp.asarray(alpha, jnp.float32).reshape(-1)
-    if masks is None:
-        vectors = jax.lax.cond(jnp.all(a == 1.0), lambda: v, lambda: arbitrary.mix_strength(v, own_vector(), a))
-        return arbitrary.transform(params, content, vectors, norm_stats=norm_stats, return_stats=True)
-    own = jnp.broadcast_to(own_vector(), (v.shape[0], v.shape[-1]))
-    vectors = arbitrary.mix_strength(v, own, a)
-    m = jnp.asarray(masks, jnp.float32)
-    cover = jnp.sum(m, axis=-1, keepdims=True)
-    weights = jnp.concatenate([m / jnp.maximum(cover, 1.0), jnp.maximum(1.0 - cover, 0.0)], axis=-1)
-    vectors = jnp.concatenate([vectors, own[:, None, :]], axis=1)
-    return arbitrary.transform(params, content, vectors, masks=weights, norm_stats=norm_stats,
-                               return_stats=True)
+# Any family with the statistics seam (`Family.stats_forward`)
 
 
 class StatForward:
-    """Any `Stylizer`'s stylization split at its normalisation statistics: `analyse`, then `render` with given
-    (e.g. smoothed) statistics. Unmasked conditions with a leading axis N, alpha (N,).
+    """A `Stylizer`'s stylization split at its normalisation statistics, through its family's `stats_forward`:
+    `analyse` gives the frames' own statistics, `render` runs with given (e.g. smoothed) ones.
 
-    AdaIN: `analyse` encodes (relu4_1 features and their mean/var), `render` decodes (one pass in all). CIN and
-    the arbitrary network: `analyse` is the network's own pass (its output is the per-frame result), `render` a
-    second pass with the given statistics in every instance norm.
+    Conditions have a leading axis N (with masks (N, K, ...)), alpha is (N,), masks None or (N, H, W, K) at the
+    content's resolution. `analyse` is the network up to its last statistics (AdaIN: the encoder; the rest is
+    dead code in its program), `forward` the whole pass with its image (the per-frame output when `stats` is
+    None), `render` the whole pass with given statistics. The programs are the Stylizer's own jit cache.
 
     Args:
-      stylizer: a `nst_jax.stylize.Stylizer` of the adain, cin or arbitrary family.
+      stylizer: a `nst_jax.stylize.Stylizer`.
 
     Raises:
-      NstError: another family.
+      NstError: its family has no statistics seam (`stats_forward` None).
     """
 
-    FAMILIES = ("adain", "cin", "arbitrary")
-
     def __init__(self, stylizer: Any):
-        name = stylizer.family.name
-        if name not in self.FAMILIES:
-            raise NstError(f"statistic smoothing is not available for a {name} model")
+        family = stylizer.family
+        if family.stats_forward is None:
+            raise NstError(f"statistic smoothing is not available for a {family.name} model")
         self.st = stylizer
-        self.name = name
-        self._progs = _stat_programs()
+        self._forward = _jitted_pass(stylizer, "stats_forward", None)
+        self._stats = _jitted_pass(stylizer, "norm_stats", None)
 
-    def analyse(self, content: Any, condition: Any, alpha: Any) -> tuple[Any, Any]:
+    def _args(self, content: Any, condition: Any, alpha: Any, masks: Any) -> tuple:
+        st = self.st
+        return (st.params, st.frozen, jnp.asarray(content, st.dtype),
+                jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), condition),
+                None if masks is None else jnp.asarray(masks, jnp.float32), jnp.asarray(alpha, jnp.float32))
+
+    def forward(self, content: Any, condition: Any, alpha: Any, stats: Any = None, masks: Any = None
+                ) -> tuple[Array, Any]:
+        """(images (N, H, W, 3) float32 in [0, 1], the statistics used): the frames' own if `stats` is None."""
+        return self._forward(*self._args(content, condition, alpha, masks), stats)
+
+    def analyse(self, content: Any, condition: Any, alpha: Any, masks: Any = None) -> tuple[Any, Any]:
         """(what `render` needs, the frames' own statistics: a pytree with leading axis N)."""
-        st, p = self.st, self._progs
-        x = jnp.asarray(content, st.dtype)
-        if self.name == "adain":
-            f, own = p.analyse(st.vgg, x, spec=st.spec)
-            return (x, f), own
-        a = jnp.asarray(alpha, jnp.float32)
-        if self.name == "cin":
-            out, own = p.cin(st.params, x, condition, None, a, None, spec=st.static)
-        else:
-            out, own = p.arbitrary(st.params, x, condition, None, a, None, st.frozen, static=st.static)
-        return (x, out), own
+        x = jnp.asarray(content, self.st.dtype)
+        return x, self._stats(*self._args(x, condition, alpha, masks))
 
-    def render(self, aux: Any, condition: Any, alpha: Any, stats: Any) -> Array:
+    def render(self, aux: Any, condition: Any, alpha: Any, stats: Any, masks: Any = None) -> Array:
         """(N, H, W, 3) float32 in [0, 1] with `stats` in place of the frames' own."""
-        st, p = self.st, self._progs
-        x, f = aux
-        a = jnp.asarray(alpha, jnp.float32)
-        if self.name == "adain":
-            mean = jnp.asarray(condition["mean"], jnp.float32)
-            std = jnp.asarray(condition["std"], jnp.float32)
-            return p.render(st.decoder, f, stats, mean, std, a, height=x.shape[1], width=x.shape[2])
-        if self.name == "cin":
-            return p.cin(st.params, x, condition, None, a, stats, spec=st.static)[0]
-        return p.arbitrary(st.params, x, condition, None, a, stats, st.frozen, static=st.static)[0]
+        return self.forward(aux, condition, alpha, stats, masks)[0]
+
+    def smooth(self, smoother: StatSmoother, content: Any, condition: Any, alpha: Any, masks: Any = None,
+               valid: Any = None, reference: bool = False) -> tuple[Array, Array | None]:
+        """A batch of consecutive frames with statistics smoothed by `smoother` (its state, cuts and
+        `last_cuts` advance as in `smoother(stats, valid)`), in one program: the passes share what does not
+        depend on the statistics (XLA merges it: AdaIN encodes once).
+
+        Returns:
+          (images, the per-frame images (the frames' own statistics) if `reference`, else None).
+        """
+        args = self._args(content, condition, alpha, masks)
+        n = args[2].shape[0]
+        v = np.ones((n,), bool) if valid is None else np.asarray(valid, bool)
+        if smoother.state is None:
+            # (shapes only: eval_shape of the plain function, a jitted one with compiler options cannot nest)
+            own = jax.eval_shape(partial(self.st.family.norm_stats, static=self.st.static), *args)
+            smoother.state = init_state(own)
+        what = "smoothed_sequence_reference" if reference else "smoothed_sequence"
+        run = _jitted_pass(self.st, what, partial(_sequence_pass, reference=reference))
+        out, ref, smoother.state, cuts = run(*args, smoother.state, np.float32(smoother.strength),
+                                             np.float32(smoother.cut_ratio), v)
+        smoother._record(cuts, v)
+        return out, ref
 
 
-_STAT_PROGRAMS: dict[str, Any] = {}
+def _jitted_pass(stylizer: Any, what: str, build: Any) -> Any:
+    from nst_jax.stylize import _jitted
+
+    return partial(_jitted(stylizer.family, what, build), static=stylizer.static)
 
 
-def _stat_programs() -> Any:
-    """The jitted pieces of `StatForward` (one set per process)."""
-    if not _STAT_PROGRAMS:
-        _STAT_PROGRAMS.update(
-            analyse=jax.jit(adain_analyse, static_argnames="spec"),
-            render=jax.jit(adain_render, static_argnames=("height", "width")),
-            cin=runtime.jit(cin_stats_forward, runtime.EIGEN_CONVOLUTIONS, static_argnames="spec"),
-            arbitrary=runtime.jit(arbitrary_stats_forward, runtime.EIGEN_CONVOLUTIONS, static_argnames="static"))
-    from types import SimpleNamespace
+def _sequence_pass(family: Any, reference: bool) -> Any:
+    """`StatForward.smooth`'s program for `family`: own statistics, `smooth_sequence`, the pass with them."""
+    def run(params: Any, frozen: Any, content: Array, condition: Any, masks: Any, alpha: Array,
+            state: SmoothState, strength: Array, cut_ratio: Array, valid: Array, static: Any
+            ) -> tuple[Array, Array | None, SmoothState, Array]:
+        ref, own = family.stats_forward(params, frozen, content, condition, masks, alpha, None, static)
+        smoothed, state, cuts = smooth_sequence(state, own, strength, cut_ratio, valid)
+        out, _ = family.stats_forward(params, frozen, content, condition, masks, alpha, smoothed, static)
+        return out, ref if reference else None, state, cuts
 
-    return SimpleNamespace(**_STAT_PROGRAMS)
+    return run
 
 
 _SMOOTH_STEP = jax.jit(smooth_step)
@@ -1170,10 +1016,9 @@ def describe(report: dict[str, Any]) -> str:
 
 
 __all__ = [
-    "CUT_RATIO", "DEFAULT_STRENGTH", "PRESETS", "FlickerMeter", "FlowBlender", "MeanVar", "Motion",
-    "SmoothState", "StatForward", "StatSmoother", "SyntheticClip", "adain_analyse", "adain_region_analyse",
-    "adain_region_render", "adain_render", "arbitrary_stats_forward", "blend_weight", "cin_stats_forward",
-    "clip_flows", "cut_score", "describe", "dis_flow", "endpoint_error", "flicker_report", "flow_blend",
-    "init_state", "occlusion_mask", "pair_warping_error", "smooth_frame", "smooth_sequence", "smooth_step",
-    "ssim", "stat_pairs", "synthetic_clip", "valid_mask", "warp", "warping_error",
+    "CUT_RATIO", "DEFAULT_STRENGTH", "FlickerMeter", "FlowBlender", "MeanVar", "Motion", "PRESETS", "SmoothState",
+    "StatForward", "StatSmoother", "SyntheticClip", "blend_weight", "clip_flows", "cut_score", "describe",
+    "dis_flow", "endpoint_error", "flicker_report", "flow_blend", "init_state", "occlusion_mask",
+    "pair_warping_error", "smooth_frame", "smooth_sequence", "smooth_step", "ssim", "stat_pairs", "synthetic_clip",
+    "valid_mask", "warp", "warping_error",
 ]

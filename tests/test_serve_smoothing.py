@@ -11,6 +11,7 @@ import json
 import time
 
 import aiohttp
+import jax
 import numpy as np
 import pytest
 
@@ -102,6 +103,40 @@ def test_each_client_has_its_own_state(model, condition):
     # Turning smoothing off forgets the state, so turning it on again starts afresh.
     both._call([Job(frames_b[0], condition, 1.0, lambda o: None, smoothing=0.0, stream="b")])
     assert both._smooth == {}
+
+
+@pytest.mark.slow
+def test_masked_streams_smooth_each_region(model, condition):
+    """Masks on the live smoothed path: each region's statistics smoothed (as `StatForward` and `StatSmoother`
+    give them), the masked per-frame output at strength 0, and a stream that drops its mask starts afresh."""
+    other = model.condition(sample_image("astronaut", SIZE))
+    conds = jax.tree.map(lambda a, b: np.concatenate([a, b])[None], condition, other)  # (1, 2, ...)
+    mask = np.zeros((SIZE, SIZE, 2), np.float32)
+    mask[:, : SIZE // 2, 0], mask[:, SIZE // 2:, 1] = 1.0, 0.7  # the right half partly uncovered
+    batcher = Batcher(model, [SIZE], max_batch=4)
+    frames = jittered_still()
+
+    def stream(smoothing):
+        return np.stack([batcher._call([Job(f, conds, 1.0, lambda o: None, smoothing=smoothing, stream=0,
+                                            masks=mask)])[0] for f in frames])
+
+    plain = stream(0.0)
+    for f, g in zip(frames, plain, strict=True):
+        alone = model.stylize_masked_conditions(f[None], conds, mask[None], np.ones((1,), np.float32))
+        assert np.array_equal(g.view(np.uint32), np.asarray(alone)[0].view(np.uint32))
+    got = stream(0.8)
+    sf = T.StatForward(model)
+    cond_n = jax.tree.map(lambda v: np.repeat(v, FRAMES, axis=0), conds)
+    masks_n, alpha = np.repeat(mask[None], FRAMES, axis=0), np.ones((FRAMES,), np.float32)
+    aux, own = sf.analyse(frames, cond_n, alpha, masks_n)
+    assert own.mean.shape == (FRAMES, 2, 512)  # per region
+    expect = np.asarray(sf.render(aux, cond_n, alpha, T.StatSmoother(0.8)(own), masks_n))
+    np.testing.assert_allclose(got, expect, atol=2e-5)
+    assert np.abs(got[1:] - plain[1:]).mean() > 1e-3
+    # The same stream without its mask: whole-image statistics, a fresh state (its first frame is its own).
+    out = batcher._call([Job(frames[0], condition, 1.0, lambda o: None, smoothing=0.8, stream=0)])[0]
+    one = model.stylize_conditions(frames[:1], condition, np.ones((1,), np.float32))
+    np.testing.assert_allclose(out, np.asarray(one)[0], atol=2e-5)
 
 
 def test_models_without_statistics_serve_unsmoothed(model, condition):

@@ -32,18 +32,18 @@ def model(random_model):
     st = random_model
     style = sample_image("hubble", 64)
     stats = st.style_stats(style)
-    analyse = jax.jit(T.adain_analyse, static_argnames="spec")
-    render = jax.jit(T.adain_render, static_argnames=("height", "width"))
+    sf = T.StatForward(st)
+
+    def condition(n):
+        return {"mean": jnp.broadcast_to(stats.mean, (n, 1, 1, 512)),
+                "std": jnp.broadcast_to(stats.std, (n, 1, 1, 512))}
 
     def encode(frames):
-        return analyse(st.vgg, jnp.asarray(frames), spec=st.spec)
+        return sf.analyse(frames, condition(len(frames)), jnp.ones((len(frames),), jnp.float32))
 
     def draw(f, content_stats):
         n = f.shape[0]
-        mean = jnp.broadcast_to(stats.mean, (n, 1, 1, 512))
-        std = jnp.broadcast_to(stats.std, (n, 1, 1, 512))
-        return np.asarray(render(st.decoder, f, content_stats, mean, std, jnp.ones((n,), jnp.float32),
-                                 height=H, width=W))
+        return np.asarray(sf.render(f, condition(n), jnp.ones((n,), jnp.float32), content_stats))
 
     return {"stylizer": st, "style": style, "encode": encode, "draw": draw}
 
@@ -284,7 +284,7 @@ def test_region_statistics_match_region_adain(rng):
     s_mean = jnp.asarray(rng.normal(size=(2, 2, 8)), jnp.float32)
     s_std = jnp.asarray(rng.random((2, 2, 8)) + 0.5, jnp.float32)
     expect = adain.region_adain(f, m, s_mean, s_std)
-    own = T.adain_region_analyse(f, m)
+    own = adain.region_stats(f, m)
     a = s_std / jnp.sqrt(own.var)
     b = s_mean - own.mean * a
     w = m / jnp.maximum(jnp.sum(m, -1, keepdims=True), 1e-12)

@@ -15,6 +15,7 @@ import pytest
 import adain_reference as R
 from nst_jax import cli
 from nst_jax import video as V
+from nst_jax import video_writer as VW
 from nst_jax.demo import sample_image
 from nst_jax.temporal import DEFAULT_STRENGTH, synthetic_clip
 
@@ -109,7 +110,7 @@ def test_video_keeps_frames_rate_size_and_audio(files, tmp_path, capsys):
     captured = capsys.readouterr()
     assert str(out) in captured.out
     assert f"{N}/{N}" in captured.err and ("frame/s" in captured.err or "s/frame" in captured.err)  # tqdm
-    got = V.output_streams(out)
+    got = VW.output_streams(out)
     assert (got["frames"], got["fps"], got["width"], got["height"]) == (N, Fraction(FPS), W, H)
     assert got["audio"] == ["aac"] and got["duration"] == pytest.approx(N / FPS, abs=0.05)
     rep = json.loads(report.read_text())
@@ -146,7 +147,7 @@ def test_strength_zero_is_the_per_frame_stylizer(files, tmp_path, capsys, monkey
     rep = json.loads(report.read_text())
     assert rep["ssim_to_per_frame"] == 1.0 and rep["warping_error_per_frame"] is None
     assert cmd.DEFAULT_STRENGTH > 0
-    assert V.output_streams(out)["frames"] == N
+    assert VW.output_streams(out)["frames"] == N
 
 
 @pytest.mark.slow
@@ -156,7 +157,7 @@ def test_masks_blend_colour_and_keep_size(files, tmp_path, capsys):
                 "--preserve-color", "luminance", "--flow-blend", "0.3", "--keep-size")
     argv[argv.index("--content-size") + 1] = "32"
     assert main(argv) == 0
-    got = V.output_streams(out)
+    got = VW.output_streams(out)
     assert (got["frames"], got["width"], got["height"]) == (N, W, H)
 
 
@@ -165,7 +166,7 @@ def test_opencv_fallback_keeps_frames_rate_and_size(files, tmp_path, capsys):
     out = tmp_path / "cv.mp4"
     assert main(base(files, out, "--backend", "opencv")) == 0
     assert "no audio" in capsys.readouterr().err
-    got = V.output_streams(out)
+    got = VW.output_streams(out)
     assert (got["frames"], got["fps"], got["width"], got["height"], got["audio"]) == (N, FPS, W, H, [])
 
 
@@ -192,7 +193,7 @@ def test_existing_output_needs_overwrite(files, tmp_path, capsys):
     fails(capsys, base(files, out), "exists; pass --overwrite")
     assert out.read_bytes() == b"precious"
     assert main(base(files, out, "--overwrite")) == 0
-    assert V.output_streams(out)["frames"] == N
+    assert VW.output_streams(out)["frames"] == N
 
 
 def test_flag_errors(files, tmp_path, capsys):
@@ -205,7 +206,7 @@ def test_flag_errors(files, tmp_path, capsys):
 
 
 def test_an_interrupted_run_leaves_no_file(files, tmp_path, capsys, monkeypatch):
-    real = V.VideoWriter.write
+    real = VW.VideoWriter.write
     seen = []
 
     def write(self, frames, pts=None):
@@ -214,7 +215,7 @@ def test_an_interrupted_run_leaves_no_file(files, tmp_path, capsys, monkeypatch)
             raise KeyboardInterrupt
         return real(self, frames, pts)
 
-    monkeypatch.setattr(V.VideoWriter, "write", write)
+    monkeypatch.setattr(VW.VideoWriter, "write", write)
     out = tmp_path / "out.mp4"
     assert main(base(files, out)) == 130
     assert "interrupted" in capsys.readouterr().err
@@ -248,7 +249,7 @@ def test_writer_keeps_variable_timestamps_and_aborts_cleanly(files, tmp_path):
     info = V.probe(src)
     assert not info.constant_rate and info.frames == 8
     out = tmp_path / "copy.mp4"
-    with V.VideoWriter(out, info.fps, (W, H), time_base=info.time_base) as w:
+    with VW.VideoWriter(out, info.fps, (W, H), time_base=info.time_base) as w:
         for frames, p in V.VideoReader(info).batches(3):
             w.write(frames, p)
     with av.open(str(out)) as c:
@@ -256,24 +257,24 @@ def test_writer_keeps_variable_timestamps_and_aborts_cleanly(files, tmp_path):
         got = sorted(float(p.pts * p.time_base) for p in c.demux(s) if p.size)
     assert got == pytest.approx([p / 1000 for p in pts], abs=1e-3)
 
-    w = V.VideoWriter(tmp_path / "aborted.mp4", 12, (W, H))
+    w = VW.VideoWriter(tmp_path / "aborted.mp4", 12, (W, H))
     w.write(files["frames"][:2])
     w.abort()
     assert not (tmp_path / "aborted.mp4").exists() and not leftovers(tmp_path, "aborted.mp4")
     with pytest.raises(V.VideoError, match="even"):
-        V.VideoWriter(tmp_path / "odd.mp4", 12, (W - 1, H))
+        VW.VideoWriter(tmp_path / "odd.mp4", 12, (W - 1, H))
     with pytest.raises(V.VideoError, match="exists"):
-        V.VideoWriter(out, 12, (W, H))
+        VW.VideoWriter(out, 12, (W, H))
 
 
 def test_audio_is_reencoded_when_the_container_cannot_hold_it(files, tmp_path):
     info = V.probe(files["dir"] / "clip.mp4")
     out = tmp_path / "out.webm"
-    with V.VideoWriter(out, info.fps, (W, H), audio_from=info.path) as w:
+    with VW.VideoWriter(out, info.fps, (W, H), audio_from=info.path) as w:
         for frames, p in V.VideoReader(info).batches(4):
             w.write(frames, p)
     assert any("re-encoded to opus" in n for n in w.notes)
-    got = V.output_streams(out)
+    got = VW.output_streams(out)
     assert got["audio"] == ["opus"] and got["frames"] == N
 
 
@@ -306,7 +307,7 @@ def test_other_families_end_to_end(files, tmp_path, capsys, model, request):
     out, report = tmp_path / "out.mp4", tmp_path / "flicker.json"
     style = "3" if model == "multistyle26" else str(files["dir"] / "style.png")
     assert main(family_argv(files, out, model, style, extra=("--stabilize", "0.5", "--report", str(report)))) == 0
-    got = V.output_streams(out)
+    got = VW.output_streams(out)
     assert (got["frames"], got["fps"], got["width"], got["height"]) == (N, Fraction(FPS), W, H)
     rep = json.loads(report.read_text())
     assert rep["model"] == model and rep["frames"] == N and rep["stabilize"] == 0.5
@@ -323,11 +324,11 @@ def test_cin_blends_masks_and_refuses_what_it_cannot_do(files, tmp_path, capsys,
     assert main(family_argv(files, out, "multistyle26", "3", "12",
                             extra=("--style-weights", "0.5,0.5", "--alpha", "0.8", "--preserve-color",
                                    "luminance"))) == 0
-    assert V.output_streams(out)["frames"] == N
+    assert VW.output_streams(out)["frames"] == N
     out = tmp_path / "masked.mp4"
     assert main(family_argv(files, out, "multistyle26", "3", "12",
                             extra=("--mask", str(files["dir"] / "mask.png"), "--stabilize", "0.3"))) == 0
-    assert V.output_streams(out)["frames"] == N
+    assert VW.output_streams(out)["frames"] == N
     fails(capsys, family_argv(files, tmp_path / "x.mp4", "multistyle26", "30"), "out of range")
     fails(capsys, family_argv(files, tmp_path / "x.mp4", "multistyle26", str(files["dir"] / "style.png")),
           "fixed table")
@@ -345,7 +346,7 @@ def test_arbitrary_masks_with_smoothing(files, tmp_path, capsys, arbitrary_model
                             str(files["dir"] / "style2.png"),
                             extra=("--mask", str(files["dir"] / "mask.png"), "--stabilize", "0.5", "--alpha", "0.8",
                                    "--preserve-color", "histogram"))) == 0
-    assert V.output_streams(out)["frames"] == N
+    assert VW.output_streams(out)["frames"] == N
 
 
 def _spy_stylize(monkeypatch) -> list:
@@ -372,16 +373,18 @@ def test_other_families_at_strength_zero_are_the_per_frame_stylizer(files, tmp_p
     style = "5" if model == "multistyle26" else str(files["dir"] / "style2.png")
     out = tmp_path / "per_frame.mkv"
     assert main(family_argv(files, out, model, style, extra=("--stabilize", "0", "--alpha", "0.7"))) == 0
-    assert sum(len(c[1]) for c in calls) >= N and V.output_streams(out)["frames"] == N
+    assert sum(len(c[1]) for c in calls) >= N and VW.output_streams(out)["frames"] == N
     _, content, styles, kw, result = calls[0]
     assert kw["alpha"] == 0.7
     from nst_jax.stylize import Stylizer
 
     monkeypatch.undo()
     assert np.array_equal(result, Stylizer.stylize(st, content, styles, alpha=0.7))
+    from nst_jax import models
     from nst_jax.commands.video import family_default_strength
 
-    assert family_default_strength(st.family.name) == 0.0 and family_default_strength("adain") == DEFAULT_STRENGTH
+    assert family_default_strength(st.family) == 0.0
+    assert family_default_strength(models.get("adain")) == DEFAULT_STRENGTH
 
 
 @pytest.mark.slow
@@ -394,26 +397,19 @@ def test_statistic_smoothing_of_instance_norm_networks(files, model, request):
     import jax.numpy as jnp
 
     from nst_jax import temporal as T
-    from nst_jax.commands.video import _programs
-
     st = request.getfixturevalue("cin_model" if model == "multistyle26" else "arbitrary_model")
-    p = _programs()
+    sf = T.StatForward(st)
     x = jnp.asarray(files["frames"][:4])
     a = jnp.ones((4,), jnp.float32)
     if model == "multistyle26":
         cond = st.condition(3)
-
-        def forward(stats):
-            return p.cin(st.params, x, jax.tree.map(lambda v: jnp.broadcast_to(v, (4,) + v.shape[1:]), cond),
-                         None, a, stats, spec=st.static)
     else:
         from nst_jax.image import load_image
 
         cond = st.condition(load_image(files["dir"] / "style.png", size=64))
 
-        def forward(stats):
-            return p.arbitrary(st.params, x, jax.tree.map(lambda v: jnp.broadcast_to(v, (4,) + v.shape[1:]), cond),
-                               None, a, stats, st.frozen, static=st.static)
+    def forward(stats):
+        return sf.forward(x, jax.tree.map(lambda v: jnp.broadcast_to(v, (4,) + v.shape[1:]), cond), a, stats)
 
     ref, own = forward(None)
     np.testing.assert_allclose(np.asarray(ref), st.stylize(files["frames"][:4], [3 if model == "multistyle26"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import queue
 import signal
@@ -103,7 +102,8 @@ def plan(args: argparse.Namespace) -> tuple[Any, list[float] | None, str]:
     """
     from nst_jax.commands.stylize import _parse_weights, _style_index
     from nst_jax.errors import ImageError, NstError
-    from nst_jax.video import OUTPUT_EXTENSIONS, check_output, probe, resolve_backend
+    from nst_jax.video import probe, resolve_backend
+    from nst_jax.video_writer import OUTPUT_EXTENSIONS, check_output
 
     if not 0.0 <= args.alpha <= 1.0:
         raise NstError(f"--alpha must be in [0, 1], got {args.alpha}")
@@ -166,27 +166,10 @@ def plan(args: argparse.Namespace) -> tuple[Any, list[float] | None, str]:
 FrameFn = Callable[[Any, Any], tuple[Any, Any, Any]]
 
 
-@functools.cache
-def _programs() -> SimpleNamespace:
-    """The jitted stabilised pieces, made once per process (so every run shares compiled programs)."""
-    import jax
-
-    from nst_jax import runtime, temporal
-
-    return SimpleNamespace(
-        analyse=jax.jit(temporal.adain_analyse, static_argnames="spec"),
-        render=jax.jit(temporal.adain_render, static_argnames=("height", "width")),
-        region_stats=jax.jit(temporal.adain_region_analyse),
-        region_render=jax.jit(temporal.adain_region_render, static_argnames=("height", "width")),
-        cin=runtime.jit(temporal.cin_stats_forward, runtime.EIGEN_CONVOLUTIONS, static_argnames="spec"),
-        arbitrary=runtime.jit(temporal.arbitrary_stats_forward, runtime.EIGEN_CONVOLUTIONS,
-                              static_argnames="static"))
-
-
-def family_default_strength(family: str) -> float:
-    """`--stabilize`'s default for a family: AdaIN's smoothing is free; for instance-norm networks it costs a
-    second pass and raised the warping error on every clip measured (docs/video.md), so it is off."""
-    return DEFAULT_STRENGTH if family == "adain" else 0.0
+def family_default_strength(family: Any) -> float:
+    """`--stabilize`'s default for a `Family`: its `video_strength` (AdaIN's smoothing is free; for instance-norm
+    networks it costs a second pass and raised the measured warping error, docs/video.md), 0 without the seam."""
+    return family.video_strength if family.stats_forward is not None else 0.0
 
 
 def frame_function(st: Any, args: argparse.Namespace, styles: list, weights: list[float] | None,
@@ -217,111 +200,43 @@ def frame_function(st: Any, args: argparse.Namespace, styles: list, weights: lis
             return st.stylize(x, styles, **kw), None, np.zeros(len(x), bool)
 
         return per_frame
-    if st.family.name == "adain":
-        return _adain_frames(st, args, styles, weights, masks, hw, want_reference)
-    if st.family.name in ("cin", "arbitrary"):
-        return _norm_frames(st, args, styles, weights, masks, hw, want_reference)
-    from nst_jax.errors import NstError
-
-    raise NstError(f"--stabilize is not available for a {st.family.name} model; use --stabilize 0")
+    return _stabilised(st, args, styles, weights, masks, hw, want_reference)
 
 
-def _finish(outs: list, x: Any, luminance: bool, want_reference: bool, cuts: Any) -> tuple[Any, Any, Any]:
-    import numpy as np
-
-    from nst_jax import color
-
-    if luminance:
-        outs = [color.luminance_transfer(o, x) for o in outs]
-    outs = [np.asarray(o, np.float32) for o in outs]
-    return outs[0], (outs[1] if want_reference else None), cuts
-
-
-def _norm_frames(st: Any, args: argparse.Namespace, styles: list, weights: list[float] | None,
-                 masks: list | None, hw: tuple[int, int], want_reference: bool) -> FrameFn:
-    """CIN and the arbitrary network: every instance norm's (mean, var) smoothed (two passes per batch)."""
+def _stabilised(st: Any, args: argparse.Namespace, styles: list, weights: list[float] | None,
+                masks: list | None, hw: tuple[int, int], want_reference: bool) -> FrameFn:
+    """Any family with the statistics seam: its normalisation statistics smoothed across frames
+    (`temporal.StatForward.smooth`: AdaIN's relu4_1 in one pass, the instance norms of CIN and the arbitrary
+    network in two)."""
     import jax
     import jax.numpy as jnp
+    import numpy as np
 
-    from nst_jax import temporal
+    from nst_jax import color, temporal
+    from nst_jax.errors import NstError
     from nst_jax.image import masks_to_grid
 
+    if st.family.stats_forward is None:
+        raise NstError(f"--stabilize is not available for a {st.family.name} model; use --stabilize 0")
+    sf = temporal.StatForward(st)
     smoother = temporal.StatSmoother(args.stabilize, args.scene_cut)
     conds = [st.condition(s) for s in styles]
     if masks is None:
-        cond = st.blend(conds, weights)
-        grid = None
-    else:
+        cond, grid = st.blend(conds, weights), None
+    else:  # conditions (1, K, ...) and masks (H, W, K) at the frame size, as `Stylizer.stylize` places them
         cond = jax.tree.map(lambda *xs: jnp.concatenate([jnp.asarray(v, jnp.float32) for v in xs])[None], *conds)
         grid = jnp.asarray(masks_to_grid(masks, hw, hw, len(styles)))
-    jitted = _programs()
-    if st.family.name == "cin":
-        def forward(x: Any, c: Any, m: Any, a: Any, stats: Any) -> Any:
-            return jitted.cin(st.params, x, c, m, a, stats, spec=st.static)
-    else:
-        def forward(x: Any, c: Any, m: Any, a: Any, stats: Any) -> Any:
-            return jitted.arbitrary(st.params, x, c, m, a, stats, st.frozen, static=st.static)
 
     def stabilised(x: Any, valid: Any) -> tuple[Any, Any, Any]:
         n = len(x)
         xj = jnp.asarray(x, st.dtype)
-        a = jnp.full((n,), args.alpha, jnp.float32)
         c = jax.tree.map(lambda v: jnp.broadcast_to(v, (n,) + v.shape[1:]), cond)
         m = None if grid is None else jnp.broadcast_to(grid, (n,) + grid.shape)
-        reference, own = forward(xj, c, m, a, None)
-        out, _ = forward(xj, c, m, a, smoother(own, valid))
-        return _finish([out, reference], xj, args.preserve_color == "luminance", want_reference,
-                       smoother.last_cuts)
-
-    return stabilised
-
-
-def _adain_frames(st: Any, args: argparse.Namespace, styles: list, weights: list[float] | None,
-                  masks: list | None, hw: tuple[int, int], want_reference: bool) -> FrameFn:
-    """AdaIN: the content's relu4_1 mean/std smoothed (one encoder and one decoder pass, two with a report)."""
-    import jax.numpy as jnp
-
-    from nst_jax import temporal
-    from nst_jax.image import masks_to_grid
-    from nst_jax.models import adain
-    from nst_jax.stylize import Stylizer
-
-    h, w = hw
-    smoother = temporal.StatSmoother(args.stabilize, args.scene_cut)
-    stats = [st.style_stats(s) for s in styles]
-    jitted = _programs()
-    analyse, render = jitted.analyse, jitted.render
-    region_stats, region_render = jitted.region_stats, jitted.region_render
-    if masks is None:
-        blended = Stylizer.blend_stats(stats, weights)
-    else:
-        grid = jnp.asarray(masks_to_grid(masks, hw, adain.feature_grid(h, w, st.spec), len(styles)))
-        s_mean = jnp.concatenate([s.mean.reshape(1, 1, -1) for s in stats], axis=1)  # (1, K, C)
-        s_std = jnp.concatenate([s.std.reshape(1, 1, -1) for s in stats], axis=1)
-
-    def stabilised(x: Any, valid: Any) -> tuple[Any, Any, Any]:
-        n = len(x)
-        xj = jnp.asarray(x, st.dtype)
-        a = jnp.full((n,), args.alpha, jnp.float32)
-        f, own = analyse(st.vgg, xj, spec=st.spec)
-        if masks is None:
-            mean = jnp.broadcast_to(blended.mean, (n,) + blended.mean.shape[1:])
-            std = jnp.broadcast_to(blended.std, mean.shape)
-
-            def draw(c: Any) -> Any:
-                return render(st.decoder, f, c, mean, std, a, height=h, width=w)
-        else:
-            m = jnp.broadcast_to(grid, (n,) + grid.shape)
-            own = region_stats(f, m)
-            mean = jnp.broadcast_to(s_mean, (n,) + s_mean.shape[1:])
-            std = jnp.broadcast_to(s_std, mean.shape)
-
-            def draw(c: Any) -> Any:
-                return region_render(st.decoder, f, m, c, mean, std, a, height=h, width=w)
-
-        smoothed = smoother(own, valid)
-        outs = [draw(smoothed)] + ([draw(own)] if want_reference else [])
-        return _finish(outs, xj, args.preserve_color == "luminance", want_reference, smoother.last_cuts)
+        outs = sf.smooth(smoother, xj, c, np.full((n,), args.alpha, np.float32), m, valid, want_reference)
+        if args.preserve_color == "luminance":
+            outs = [None if o is None else color.luminance_transfer(o, xj) for o in outs]
+        out, ref = (None if o is None else np.asarray(o, np.float32) for o in outs)
+        return out, ref, smoother.last_cuts
 
     return stabilised
 
@@ -380,7 +295,8 @@ def run(args: argparse.Namespace) -> int:
     from nst_jax.commands.stylize import check_styles, load_stylizer
     from nst_jax.files import atomic_write
     from nst_jax.runtime import tune_allocator
-    from nst_jax.video import VideoReader, VideoWriter
+    from nst_jax.video import VideoReader
+    from nst_jax.video_writer import VideoWriter
 
     tune_allocator()
     h, w = _even_size(info.height, info.width, args.content_size)
@@ -396,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
     check_styles(st, styles, args)
     model_name = args.model or "adain"
     if args.stabilize is None:
-        args.stabilize = family_default_strength(st.family.name)
+        args.stabilize = family_default_strength(st.family)
     frames_fn = frame_function(st, args, styles, weights, masks, (h, w), args.report is not None)
     blender = temporal.FlowBlender(args.flow_blend) if args.flow_blend > 0 else None
     meter = temporal.FlickerMeter() if args.report is not None else None

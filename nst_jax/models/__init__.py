@@ -13,12 +13,32 @@ family's functions are specialised on, e.g. the encoder's `VGGSpec` for AdaIN):
 - `stylize(params, frozen, content, condition, alpha, static) -> images`: (N, H, W, 3), cropped to the content.
 - `stylize_masked(params, frozen, content, conditions, masks, alpha, static) -> images`: conditions (N, K, ...),
   masks (N, H, W, K) at the content's resolution, mixed per position in one pass.
+- `stats_forward(params, frozen, content, condition, masks, alpha, norm_stats, static) -> (images, stats)`: the
+  statistics seam, `stylize` (masks None) or `stylize_masked` split at the normalisation statistics. With
+  `norm_stats` None it computes the content-side statistics of every normalisation layer and returns them with
+  the image it makes with them (the per-frame output, to float32 rounding); given `norm_stats` (a tree as it
+  returns, e.g. smoothed across video frames) it uses them instead of its own. Stats are a pytree of per-layer
+  `MeanVar`s, (mean, var) tuples or {"mean", "var"} dicts with a leading axis N (AdaIN: the content's relu4_1
+  `MeanVar`, (N, 1, 1, 512) each, or (N, K, 512) per region with masks; CIN and arbitrary: every instance norm).
+  Video stabilisation and the live page's smoothing are written once on top of it (`nst_jax.temporal`). None:
+  the family cannot smooth its statistics (`nst-jax video --stabilize` then asks for 0).
+- `video_strength`: `nst-jax video --stabilize`'s default for the family (0: per-frame unless asked).
 - `caps`: what it can do (style images or a fixed table, alpha, masks, colour modes), so the command line and
   the live page check requests against it.
 - `inference_setup(config) -> (frozen, static)`: what a model trained with `config` runs with.
+- `encoder_setup(config, given, origin) -> (frozen, static)`: families whose frozen part is an encoder the user
+  may choose (`--vgg`): the one the model was trained with (named by `config`), or `given` if it has that
+  identity (`origin` names the model in errors). `nst_jax.models.open` calls it instead of `inference_setup`;
+  None: the family takes no encoder.
+- `dtypes`: the compute dtypes its inference supports ("float32", and "bfloat16" where it was measured to work).
+- `stats_type`: the NamedTuple a condition reads as under the statistics API (`stats_type(**condition)`; AdaIN's
+  `StyleStats`), or None where conditions are not a style's statistics.
 - `num_styles(params) -> int`: the size of the style table (families with one).
 - `compiler_options`: XLA options for the inference programs on the CPU (`nst_jax.runtime.jit`), e.g.
   `runtime.EIGEN_CONVOLUTIONS` for networks of narrow layers.
+- `export`: an `Export` (`nst-jax export`): which `ExportBuilder` makes the family's ONNX graphs, named as
+  "module:function" so that no model imports the export code, and whether onnx2tf converts them to LiteRT.
+  None: the family cannot be exported.
 
 Training (the family-neutral loop in `nst_jax.train`):
 - `init_params(key, config) -> Params`: the trainable tree; `jax.eval_shape` of it checks and restores
@@ -43,7 +63,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 from nst_jax.errors import NstError
 
@@ -53,6 +73,13 @@ MODELS: dict[str, str] = {
     "cin": "nst_jax.models.cin",
     "arbitrary": "nst_jax.models.arbitrary",
 }
+
+
+class MeanVar(NamedTuple):
+    """One normalisation layer's content statistics: per-channel mean and the variance it divides by."""
+
+    mean: Any
+    var: Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +105,40 @@ class Caps:
         return dataclasses.asdict(self)
 
 
+class ExportBuilder(Protocol):
+    """A family's exporter (`nst_jax.export.families`): the ONNX graphs of a loaded model.
+
+    `stylizer` is a `nst_jax.stylize.Stylizer` of the family; `condition` is None for a style input, else the
+    style to bake in. Returns [(role, `nst_jax.export.graph.Graph`, metadata)], the "stylizer" first, then a
+    "style_encoder" made at `encoder_size` (None: symbolic) if the family has one.
+    """
+
+    def __call__(self, stylizer: Any, condition: Any | None, *, layout: str, size: tuple[int, int] | None,
+                 style_desc: str | None = None, encoder_size: tuple[int, int] | None = None
+                 ) -> list[tuple[str, Any, dict[str, str]]]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Export:
+    """What `nst-jax export` does with a family.
+
+    Attributes:
+      builder: "module:function" of its `ExportBuilder`, imported on first use (the models never import the
+        export code, which imports them).
+      tflite: onnx2tf converts its graphs to LiteRT (measured, not assumed).
+      tflite_encoder_size: the fixed (H, W) its style encoder is made at for LiteRT (None: it has none).
+    """
+
+    builder: str
+    tflite: bool = False
+    tflite_encoder_size: tuple[int, int] | None = None
+
+    def load(self) -> ExportBuilder:
+        """The builder function."""
+        module, _, name = self.builder.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
     """The functions and capabilities of one model family (see the module docstring)."""
@@ -99,10 +160,22 @@ class Family:
     inference_setup: Callable[..., Any] | None = None
     num_styles: Callable[..., Any] | None = None
     compiler_options: dict[str, str] | None = None
+    export: Export | None = None
+    stats_forward: Callable[..., Any] | None = None
+    video_strength: float = 0.0
+    dtypes: tuple[str, ...] = ("float32",)
+    encoder_setup: Callable[..., Any] | None = None
+    stats_type: type | None = None
 
     def mix(self, conditions: Any, weights: Any) -> Any:
         """`blend` if the family has its own, else the generic convex mix."""
         return (self.blend or blend_conditions)(conditions, weights)
+
+    def norm_stats(self, params: Any, frozen: Any, content: Any, condition: Any, masks: Any, alpha: Any,
+                   static: Any) -> Any:
+        """`stats_forward`'s own statistics alone: jitted, the layers after the last normalisation are dead code
+        (AdaIN: the decoder), so analysing a frame costs only the network up to its last statistics."""
+        return self.stats_forward(params, frozen, content, condition, masks, alpha, None, static)[1]
 
 
 def blend_conditions(conditions: Any, weights: Any) -> Any:
@@ -144,10 +217,11 @@ def get(name: str) -> Family:
 
 
 def _from_module(module: Any, name: str) -> Family:
-    fields = {f.name for f in dataclasses.fields(Family)} - {"name", "caps"}
-    found = {f: getattr(module, f, None) for f in fields}
+    # A field the module does not define takes its default (None for the required ones).
+    found = {f.name: getattr(module, f.name, None if f.default is dataclasses.MISSING else f.default)
+             for f in dataclasses.fields(Family) if f.name not in ("name", "caps")}
     caps = getattr(module, "CAPS", None) or Caps(style_images=True)
     return Family(name=name, caps=caps, **found)
 
 
-__all__ = ["MODELS", "Caps", "Family", "blend_conditions", "get"]
+__all__ = ["MODELS", "Caps", "Export", "ExportBuilder", "Family", "MeanVar", "blend_conditions", "get"]

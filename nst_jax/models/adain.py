@@ -18,9 +18,9 @@ over l in relu1_1..relu4_1, then an Adam update of the decoder with lr / (1 + lr
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +28,7 @@ import numpy as np
 
 from nst_jax import losses, ops, vgg
 from nst_jax.errors import NstError
-from nst_jax.models import Caps, Family
+from nst_jax.models import Caps, Export, Family, MeanVar
 from nst_jax.models import decoder as dec
 from nst_jax.stability import StabilityTerm
 from nst_jax.typing import Array, Params
@@ -36,6 +36,8 @@ from nst_jax.vgg import VGGSpec, encode
 
 TAP = "relu4_1"
 CHANNELS = 512
+# The registry name of the encoder pytorch-AdaIN's released decoder was trained with (`vgg_normalised`).
+ENCODER = "adain"
 # The decoder upsamples three times by 2: its output is 8x the relu4_1 grid.
 SCALE = 8
 EPS = 1e-5
@@ -94,11 +96,21 @@ def region_adain(f: Array, masks: Array, s_mean: Array, s_std: Array, eps: float
     Returns:
       target features (N, h, w, C).
     """
-    f32 = f.astype(jnp.float32)
+    return region_apply(f, masks, region_stats(f, masks, eps), s_mean, s_std)
+
+
+def _region_weights(masks: Array) -> tuple[Array, Array]:
     masks = masks.astype(jnp.float32)
     cover = jnp.sum(masks, axis=-1, keepdims=True)
     covered = cover > 0
-    w = jnp.where(covered, masks / jnp.where(covered, cover, 1.0), 0.0)
+    return jnp.where(covered, masks / jnp.where(covered, cover, 1.0), 0.0), covered
+
+
+def region_stats(f: Array, masks: Array, eps: float = EPS) -> MeanVar:
+    """Each region's content statistics as `region_adain` weighs them: `MeanVar` of (N, K, C) each (the
+    unbiased weighted variance plus `eps`). Args as `region_adain`."""
+    f32 = f.astype(jnp.float32)
+    w, _ = _region_weights(masks)
     n = jnp.sum(w, axis=(1, 2))  # (N, K): region sizes in positions
     hi = jax.lax.Precision.HIGHEST
     # Centre on the image mean first so the one-pass variance below does not cancel catastrophically.
@@ -109,10 +121,17 @@ def region_adain(f: Array, masks: Array, s_mean: Array, s_std: Array, eps: float
     mu_g = s1 / jnp.maximum(n_, 1e-12)
     ssd = jnp.maximum(s2 - n_ * jnp.square(mu_g), 0.0)
     var = ssd / jnp.maximum(n_ - 1.0, 1.0) + eps
-    mu = mu_g + jnp.mean(f32, axis=(1, 2))[:, None, :]
+    return MeanVar(mu_g + jnp.mean(f32, axis=(1, 2))[:, None, :], var)
+
+
+def region_apply(f: Array, masks: Array, stats: MeanVar, s_mean: Array, s_std: Array) -> Array:
+    """`region_adain` with given per-region content statistics `stats` ((N, K, C) each, e.g. smoothed)."""
+    f32 = f.astype(jnp.float32)
+    w, covered = _region_weights(masks)
+    hi = jax.lax.Precision.HIGHEST
     # AdaIN of region k is f * a_k + b_k; mix the affine maps per position.
-    a = s_std.astype(jnp.float32) / jnp.sqrt(var)
-    b = s_mean.astype(jnp.float32) - mu * a
+    a = s_std.astype(jnp.float32) / jnp.sqrt(stats.var)
+    b = s_mean.astype(jnp.float32) - stats.mean * a
     scale = jnp.einsum("nhwk,nkc->nhwc", w, a, precision=hi)
     shift = jnp.einsum("nhwk,nkc->nhwc", w, b, precision=hi)
     t = jnp.where(covered, f32 * scale + shift, f32)
@@ -219,14 +238,52 @@ def stylize_masked(params: Params, frozen: Mapping[str, Any], content: Array, co
     `nst_jax.image.masks_to_grid`) and AdaIN runs per region (`region_adain`). `conds` leaves are
     (N, K, 1, 1, 512).
     """
+    grid, s_mean, s_std = _regions(content, conds, masks, static)
+    return stylize_regions(frozen["vgg"], params, content, grid, s_mean, s_std, alpha, static)
+
+
+def _regions(content: Array, conds: Mapping[str, Array], masks: Array, static: VGGSpec
+             ) -> tuple[Array, Array, Array]:
+    """Masks (N, H, W, K) averaged onto the relu4_1 grid, and the K styles' statistics as (N, K, 512) each."""
     h, w = content.shape[1], content.shape[2]
     gh, gw = feature_grid(h, w, static)
     hi = jax.lax.Precision.HIGHEST
     grid = jnp.einsum("ih,nhwk,jw->nijk", _bins(h, gh), masks.astype(jnp.float32), _bins(w, gw), precision=hi)
     n = conds["mean"].shape[0]
-    s_mean = conds["mean"].reshape(n, -1, CHANNELS)
-    s_std = conds["std"].reshape(n, -1, CHANNELS)
-    return stylize_regions(frozen["vgg"], params, content, grid, s_mean, s_std, alpha, static)
+    return grid, conds["mean"].reshape(n, -1, CHANNELS), conds["std"].reshape(n, -1, CHANNELS)
+
+
+def stats_forward(params: Params, frozen: Mapping[str, Any], content: Array, cond: Mapping[str, Array],
+                  masks: Array | None, alpha: Array, norm_stats: MeanVar | None, static: VGGSpec
+                  ) -> tuple[Array, MeanVar]:
+    """The statistics seam (`nst_jax.models`): `stylize_condition`, or with masks `stylize_masked`, with the
+    content's relu4_1 statistics given or returned.
+
+    Args:
+      params, frozen, content, alpha, static: as `stylize_condition`; cond: {"mean", "std"} (N, 1, 1, 512), or
+        with masks (N, K, 1, 1, 512).
+      masks: None, or (N, H, W, K) at the content's resolution (as `stylize_masked`).
+      norm_stats: None (the frames' own), or a `MeanVar` as returned: the content mean and var = std^2 that
+        AdaIN divides by (unbiased variance plus `EPS`), (N, 1, 1, 512) each, or per region (N, K, 512).
+
+    Returns:
+      ((N, H, W, 3) float32 in [0, 1], the `MeanVar` used).
+    """
+    f = _broadcast(content_features(frozen["vgg"], content, static), cond["mean"].shape[0])
+    if masks is None:
+        if norm_stats is None:
+            mean, std = ops.mean_std(f.astype(jnp.float32), EPS)
+            norm_stats = MeanVar(mean, jnp.square(std))
+        # AdaIN with the given content statistics: (f - mean) / std * s_std + s_mean.
+        std = jnp.sqrt(norm_stats.var).astype(f.dtype)
+        t = (f - norm_stats.mean.astype(f.dtype)) / std * cond["std"].astype(f.dtype) + cond["mean"].astype(f.dtype)
+    else:
+        grid, s_mean, s_std = _regions(content, cond, masks, static)
+        if norm_stats is None:
+            norm_stats = region_stats(f, grid)
+        t = region_apply(f, grid, norm_stats, s_mean, s_std)
+    out = decode(params, mix_alpha(t, f, alpha))
+    return _finish(out, content.shape[1], content.shape[2]), norm_stats
 
 
 def _bins(size: int, out: int) -> np.ndarray:
@@ -341,10 +398,29 @@ def init_params(key: Array, config: Any = None) -> dict:
 
 def inference_setup(config) -> tuple[dict, VGGSpec]:
     """The frozen encoder {"vgg"} and its `VGGSpec` a trained decoder runs with (its config's `vgg_weights`)."""
-    from nst_jax.weights.resolve import load_encoder
+    return encoder_setup(config, None, "the decoder")
 
-    vgg_params, spec = load_encoder(config.get("vgg_weights", "adain"), TAP)
-    return {"vgg": vgg_params}, spec
+
+def encoder_setup(config: Mapping[str, Any], given: Any, origin: str) -> tuple[dict, VGGSpec]:
+    """The encoder a decoder runs with: the one its `config["vgg_weights"]` names, or `given` (`--vgg`) if that has
+    the same identity; `origin` names the decoder in errors.
+
+    Raises:
+      WeightsError: unreadable weights, or an encoder of another identity than the decoder was trained with.
+    """
+    from nst_jax.weights.resolve import paired_encoder
+
+    # Runs from before configs recorded `vgg_weights`, and pytorch-AdaIN's decoder, used AdaIN's vgg_normalised.
+    pairs_with = str(config.get("vgg_weights") or ENCODER)
+    vgg_params, spec = paired_encoder(pairs_with, given, origin, TAP)
+    return {"vgg": _encoder_trees(vgg_params, spec)}, spec
+
+
+def _encoder_trees(vgg_params: Params, spec: VGGSpec) -> dict:
+    """The encoder's layers up to relu4_1, checked, as float32 arrays (an explicit file may hold more)."""
+    vgg.check_vgg_params(vgg_params, spec, TAP)
+    return {k: {leaf: jnp.asarray(v, jnp.float32) for leaf, v in vgg_params[k].items()}
+            for k in vgg.expected_shapes(spec, TAP)}
 
 
 def validate_config(config) -> None:
@@ -390,20 +466,83 @@ def open_streams(config, on_skip: Callable) -> tuple[dict, dict]:
     return open_image_streams(config, ("content", "style"), on_skip)
 
 
+# ----------------------------------------------------------------------------------------------------
+# Parameter trees and the statistics API (`Stylizer.style_stats` and friends, from before conditions)
+
+
+def loaded(vgg_params: Params, vgg_spec: VGGSpec, decoder_params: Params, origin: str = "parameter trees") -> Any:
+    """A `nst_jax.models.open.Loaded` AdaIN model from parameter trees (`Stylizer(vgg, spec, decoder)`).
+
+    Raises:
+      WeightsError: the trees do not fit the networks.
+    """
+    from nst_jax.models.open import Loaded
+
+    dec.check_decoder_params(decoder_params)
+    params = {k: {leaf: jnp.asarray(v, jnp.float32) for leaf, v in p.items()} for k, p in decoder_params.items()}
+    return Loaded(FAMILY, params, {"vgg": _encoder_trees(vgg_params, vgg_spec)}, vgg_spec, origin)
+
+
+class StyleStats(NamedTuple):
+    """relu4_1 statistics of a style: per-channel mean and std, each (1, 1, 1, 512) float32 (AdaIN's condition)."""
+
+    mean: Array
+    std: Array
+
+
+def stats_condition(mean: Any, std: Any) -> dict[str, Array]:
+    """The condition {"mean", "std"} of statistics (N, 1, 1, 512) each, checked.
+
+    Raises:
+      NstError: other shapes.
+    """
+    mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+    if mean.ndim != 4 or mean.shape[1:] != (1, 1, CHANNELS) or std.shape != mean.shape:
+        raise NstError(f"style statistics must be (N, 1, 1, {CHANNELS}), got {mean.shape} and {std.shape}")
+    return {"mean": mean, "std": std}
+
+
+def blend_stats(stats: Sequence[StyleStats], weights: Sequence[float] | None = None) -> StyleStats:
+    """Interpolate styles: a convex mix of their statistics (weights are normalised to sum to 1).
+
+    Equal to pytorch-AdaIN's interpolation (the weighted sum of the styles' AdaIN outputs), which is affine in
+    the style statistics.
+
+    Args:
+      stats: K `StyleStats` (each (1, 1, 1, 512), or all (N, 1, 1, 512)).
+      weights: K non-negative floats with a positive sum; None = equal weights.
+    """
+    from nst_jax.checks import normalise_weights
+
+    if len(stats) == 0:
+        raise NstError("blend_stats needs at least one style")
+    w = normalise_weights(weights, len(stats), what="style weights")
+    means = jnp.stack([jnp.asarray(s.mean, jnp.float32) for s in stats])
+    stds = jnp.stack([jnp.asarray(s.std, jnp.float32) for s in stats])
+    return StyleStats(*blend_statistics(means, stds, jnp.asarray(w)))
+
+
 NAME = "adain"
 CAPS = Caps(style_images=True, style_table=False, alpha=True, masks=True, color_modes=("luminance", "histogram"))
 
 FAMILY = Family(
     name=NAME, caps=CAPS, init_params=init_params, setup=setup, open_streams=open_streams, loss_fn=loss_fn,
     sample=sample, condition=condition, stylize=stylize_condition, stylize_masked=stylize_masked,
-    inference_setup=inference_setup,
+    inference_setup=inference_setup, encoder_setup=encoder_setup, stats_type=StyleStats,
     validate_config=validate_config,
+    # bf16 weights and activations, float32 statistics: measured within tolerance (tests/test_ops.py)
+    dtypes=("float32", "bfloat16"),
+    # no LiteRT: onnx2tf was not tried on the VGG graph
+    export=Export("nst_jax.export.families:adain_export"),
+    # Smoothing relu4_1 is free (one encoder and one decoder pass) and lowered flicker (docs/video.md).
+    stats_forward=stats_forward, video_strength=0.5,
 )
 
 
 __all__ = [
-    "CAPS", "CHANNELS", "EPS", "FAMILY", "SCALE", "TAP", "LossConfig", "blend_statistics", "compute_loss",
-    "condition", "content_features", "decode", "feature_grid", "flops", "init_params", "loss_fn", "mix_alpha",
-    "region_adain", "sample", "setup", "style_statistics", "stylize", "stylize_condition", "stylize_masked",
-    "stylize_regions", "stylize_samples", "upsample_conv",
+    "CAPS", "CHANNELS", "ENCODER", "EPS", "FAMILY", "SCALE", "TAP", "LossConfig", "StyleStats", "blend_statistics",
+    "blend_stats", "compute_loss", "condition", "content_features", "decode", "encoder_setup", "feature_grid",
+    "flops", "init_params", "loaded", "loss_fn", "mix_alpha", "region_adain", "region_apply", "region_stats",
+    "sample", "setup", "stats_condition", "stats_forward", "style_statistics",
+    "stylize", "stylize_condition", "stylize_masked", "stylize_regions", "stylize_samples", "upsample_conv",
 ]

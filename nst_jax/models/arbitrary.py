@@ -57,7 +57,7 @@ import numpy as np
 from jax import lax
 
 from nst_jax import ops
-from nst_jax.models import Caps, Family, blend_conditions
+from nst_jax.models import Caps, Export, Family, blend_conditions
 from nst_jax.runtime import EIGEN_CONVOLUTIONS
 from nst_jax.stability import StabilityTerm
 from nst_jax.typing import Array, Params
@@ -715,6 +715,14 @@ def stylize_masked(params: Params, frozen: Any, content: Array, conditions: Mapp
     Returns:
       (N, H, W, 3) in [0, 1].
     """
+    content, vectors, weights = _placed(params, frozen, content, conditions, masks, alpha, static)
+    return transform(params, content, vectors, masks=weights)
+
+
+def _placed(params: Params, frozen: Any, content: Array, conditions: Mapping[str, Array], masks: Array,
+            alpha: Array, static: Any) -> tuple[Array, Array, Array]:
+    """`stylize_masked`'s inputs to `transform`: the content broadcast to N, the K strength-mixed vectors and the
+    content's own (N, K + 1, 100), and their per-pixel weights (N, H, W, K + 1)."""
     v = jnp.asarray(conditions["vector"], jnp.float32)
     n = v.shape[0]
     a = _alpha(alpha, n)
@@ -728,7 +736,34 @@ def stylize_masked(params: Params, frozen: Any, content: Array, conditions: Mapp
     rest = jnp.maximum(1.0 - cover, 0.0)
     vectors = jnp.concatenate([vectors, own[:, None, :]], axis=1)
     weights = jnp.concatenate([weights, rest], axis=-1)
-    return transform(params, content, vectors, masks=weights)
+    return content, vectors, weights
+
+
+def stats_forward(params: Params, frozen: Any, content: Array, condition: Mapping[str, Array],
+                  masks: Array | None, alpha: Array, norm_stats: NormStats | None, static: Any = None
+                  ) -> tuple[Array, NormStats]:
+    """The statistics seam (`nst_jax.models`): `stylize`, or with masks `stylize_masked`, with every instance
+    norm's moments given or returned (`transform`'s `norm_stats=` / `return_stats=`).
+
+    Args:
+      params, frozen, content, alpha, static: as `stylize`; condition: {"vector": (N, 100)}, or with masks
+        {"vector": (N, K, 100)}.
+      masks: None, or (N, H, W, K) per-pixel weights (as `stylize_masked`).
+      norm_stats: None (each frame's own moments), or {layer: (mean, var)} as returned.
+
+    Returns:
+      ((N, H, W, 3) in [0, 1], {layer: (mean, var)} the moments each layer used).
+    """
+    if masks is not None:
+        content, vectors, weights = _placed(params, frozen, content, condition, masks, alpha, static)
+        return transform(params, content, vectors, masks=weights, norm_stats=norm_stats, return_stats=True)
+    v = jnp.asarray(condition["vector"], jnp.float32)
+    a = _alpha(alpha, v.shape[0])
+    # As `stylize`: the content's own vector only when some strength is below 1.
+    vectors = lax.cond(jnp.all(a == 1.0), lambda: v,
+                       lambda: mix_strength(v, _vector(params, frozen, content, static), a))
+    content = jnp.broadcast_to(content, (v.shape[0],) + content.shape[1:])
+    return transform(params, content, vectors, norm_stats=norm_stats, return_stats=True)
 
 
 
@@ -995,4 +1030,8 @@ FAMILY = Family(
     sample=sample, condition=condition, stylize=stylize, stylize_masked=stylize_masked, blend=blend,
     trainable_mask=trainable_mask, start_params=start_params, validate_config=validate_config,
     inference_setup=inference_setup, compiler_options=EIGEN_CONVOLUTIONS,
+    export=Export("nst_jax.export.families:arbitrary_export", tflite=True,
+                  tflite_encoder_size=(STYLE_SIZE, STYLE_SIZE)),
+    # Smoothing costs a second pass and raised the measured flicker (docs/video.md): off unless asked.
+    stats_forward=stats_forward, video_strength=0.0,
 )

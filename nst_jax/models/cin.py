@@ -41,7 +41,7 @@ import numpy as np
 from jax import lax
 
 from nst_jax.errors import WeightsError
-from nst_jax.models import Caps, Family, blend_conditions, magenta_loss
+from nst_jax.models import Caps, Export, Family, blend_conditions, magenta_loss
 from nst_jax.runtime import EIGEN_CONVOLUTIONS
 from nst_jax.stability import StabilityTerm
 from nst_jax.typing import Array, Params
@@ -662,13 +662,8 @@ def stylize(params: Mapping[str, Any], frozen: Any, content: Array, condition: M
     Returns:
       (N, H, W, 3) float32 in [0, 1].
     """
-    spec = _spec_for(frozen, static)
-    w = condition["weights"]
-    n = max(content.shape[0], w.shape[0])
-    content = jnp.broadcast_to(content, (n,) + content.shape[1:])
-    w = jnp.broadcast_to(w, (n, w.shape[-1]))
-    y = apply(params, content, w, spec)
-    return _mix_alpha(y, content, alpha)
+    content, w = _rows(content, condition, None)
+    return _mix_alpha(apply(params, content, w, _spec_for(frozen, static)), content, alpha)
 
 
 def stylize_masked(params: Mapping[str, Any], frozen: Any, content: Array, conditions: Mapping[str, Array],
@@ -685,15 +680,42 @@ def stylize_masked(params: Mapping[str, Any], frozen: Any, content: Array, condi
     Returns:
       (N, H, W, 3) float32 in [0, 1].
     """
-    spec = _spec_for(frozen, static)
-    w = jnp.asarray(conditions["weights"], jnp.float32)
+    content, maps = _rows(content, conditions, masks)
+    return _mix_alpha(apply(params, content, maps, _spec_for(frozen, static)), content, alpha)
+
+
+def _rows(content: Array, condition: Mapping[str, Array], masks: Array | None) -> tuple[Array, Array]:
+    """The content broadcast to N and what `apply` mixes the norm rows with: the weights (N, S), or with masks
+    (N, H, W, K) the per-pixel maps sum_k mask_k * weights_k (N, H, W, S)."""
+    w = condition["weights"]
+    if masks is None:
+        n = max(content.shape[0], w.shape[0])
+        return jnp.broadcast_to(content, (n,) + content.shape[1:]), jnp.broadcast_to(w, (n, w.shape[-1]))
+    w = jnp.asarray(w, jnp.float32)
     masks = jnp.asarray(masks, jnp.float32)
     n = max(content.shape[0], w.shape[0], masks.shape[0])
-    content = jnp.broadcast_to(content, (n,) + content.shape[1:])
     maps = jnp.einsum("nhwk,nks->nhws", jnp.broadcast_to(masks, (n,) + masks.shape[1:]),
                       jnp.broadcast_to(w, (n,) + w.shape[1:]))
-    y = apply(params, content, maps, spec)
-    return _mix_alpha(y, content, alpha)
+    return jnp.broadcast_to(content, (n,) + content.shape[1:]), maps
+
+
+def stats_forward(params: Mapping[str, Any], frozen: Any, content: Array, condition: Mapping[str, Array],
+                  masks: Array | None, alpha: Array, norm_stats: Any, static: Any = None) -> tuple[Array, Any]:
+    """The statistics seam (`nst_jax.models`): `stylize`, or with masks `stylize_masked`, with every instance
+    norm's statistics given or returned (`apply`'s `norm_stats=` / `return_stats=`).
+
+    Args:
+      params, frozen, content, alpha, static: as `stylize`; condition: {"weights": (N, S)}, or with masks
+        {"weights": (N, K, S)}.
+      masks: None, or (N, H, W, K) per-pixel weights of the K conditions.
+      norm_stats: None (each frame's own), or a tree {path: {"mean", "var"}} as returned.
+
+    Returns:
+      ((N, H, W, 3) float32 in [0, 1], the per-layer statistics the pass computed).
+    """
+    content, w = _rows(content, condition, masks)
+    y, stats = apply(params, content, w, _spec_for(frozen, static), norm_stats=norm_stats, return_stats=True)
+    return _mix_alpha(y, content, alpha), stats
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1030,4 +1052,7 @@ FAMILY = Family(
     sample=sample, condition=condition, stylize=stylize, stylize_masked=stylize_masked, blend=blend,
     trainable_mask=trainable_mask, start_params=start_params, validate_config=validate_config,
     inference_setup=inference_setup_trained, num_styles=num_styles, compiler_options=EIGEN_CONVOLUTIONS,
+    export=Export("nst_jax.export.families:cin_export", tflite=True),
+    # Smoothing costs a second pass and raised the measured flicker (docs/video.md): off unless asked.
+    stats_forward=stats_forward, video_strength=0.0,
 )

@@ -276,7 +276,7 @@ class LiveServer:
             return
         try:
             settings = parse_settings(obj, client.settings, self.library, self.config.sizes)
-            smoothing = parse_smoothing(obj, getattr(client, "smoothing", 0.0))
+            smoothing = parse_smoothing(obj, client.smoothing)
             condition = await self.blend(settings.styles)
         except protocol.ProtocolError as e:
             client.error(str(e), version=obj.get("version") if isinstance(obj.get("version"), int) else None)
@@ -343,7 +343,7 @@ class LiveServer:
         deliver = functools.partial(self._deliver_client, client, seq, settings, content)
         job = Job(content, client.condition, settings.alpha, deliver,
                   fail=functools.partial(client.error, seq=seq), gate=client.can_take,
-                  smoothing=getattr(client, "smoothing", 0.0))
+                  smoothing=client.smoothing)
         if self.batcher.submit(client.id, job):
             client.frames_replaced += 1
 

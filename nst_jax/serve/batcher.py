@@ -119,6 +119,8 @@ class Job:
       gate: the frame is only taken while this returns True (e.g. the client's previous result has been sent);
         until then it waits in its slot, where a newer frame replaces it.
       smoothing: statistic smoothing strength in [0, 1) (0: the exact per-frame output).
+      masks: None, or (H, W, K) per-pixel weights placing the condition's K styles (its leaves (1, K, ...));
+        needs a model with `stylize_masked_conditions` (a `Stylizer` whose family takes masks).
     """
 
     content: np.ndarray
@@ -130,6 +132,7 @@ class Job:
     submitted: float = dataclasses.field(default_factory=time.perf_counter)
     smoothing: float = 0.0
     stream: Hashable | None = None  # whose smoothing state: set by `Batcher.submit` to the slot's key
+    masks: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -210,7 +213,7 @@ class Batcher:
         return self.model.condition(np.full((1, side, side, 3), 0.5, np.float32))
 
     def smoothing_supported(self) -> bool:
-        """Whether the model can smooth its statistics (a `Stylizer` of the adain, cin or arbitrary family)."""
+        """Whether the model can smooth its statistics (a `Stylizer` whose family has `stats_forward`)."""
         return self._stat_model() is not None
 
     def _stat_model(self) -> Any:
@@ -220,7 +223,7 @@ class Batcher:
 
             try:
                 self._stat_forward = StatForward(self.model)
-            except (NstError, AttributeError):
+            except (NstError, AttributeError):  # a family without the seam, or no `Stylizer` at all
                 self._stat_forward = False
         return self._stat_forward or None
 
@@ -236,30 +239,38 @@ class Batcher:
         # Padding repeats the first frame: the model normalises per image, so pads cannot change real outputs.
         content[n:], alpha[n:] = content[0], alpha[0]
         condition = stack_conditions([j.condition for j in jobs], b)
+        masks = None
+        if jobs[0].masks is not None:  # a group shares its mask shape (`run`)
+            masks = np.stack([j.masks for j in jobs] + [jobs[0].masks] * (b - n)).astype(np.float32)
         smoothed = jobs[0].smoothing > 0 and self._stat_model() is not None
         if not smoothed:
             for j in jobs:
                 self._smooth.pop(j.stream, None)  # turning smoothing back on starts afresh
+            if masks is not None:
+                return np.asarray(self.model.stylize_masked_conditions(content, condition, masks, alpha))[:n]
             return np.asarray(self.model.stylize_conditions(content, condition, alpha))[:n]
-        return self._call_smoothed(jobs, content, condition, alpha)
+        return self._call_smoothed(jobs, content, condition, alpha, masks)
 
     def _call_smoothed(self, jobs: Sequence[Job], content: np.ndarray, condition: Condition,
-                       alpha: np.ndarray) -> np.ndarray:
+                       alpha: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
         """Analyse the batch, smooth each frame's statistics with its stream's state, render."""
         from nst_jax.temporal import smooth_frame
 
         n = len(jobs)
         sf = self._stat_model()
-        aux, own = sf.analyse(content, condition, alpha)
+        aux, own = sf.analyse(content, condition, alpha, masks)
         own = jax.tree.map(np.asarray, own)
         frames = []
         for i, j in enumerate(jobs):
             mine = jax.tree.map(lambda v, i=i: v[i], own)
-            out, self._smooth[j.stream] = smooth_frame(self._smooth.get(j.stream), mine, j.smoothing)
+            state = self._smooth.get(j.stream)
+            if state is not None and _shapes(state.previous) != _shapes(mine):
+                state = None  # the stream's statistics changed form (masks on or off): start afresh
+            out, self._smooth[j.stream] = smooth_frame(state, mine, j.smoothing)
             frames.append(jax.tree.map(np.asarray, out))
         # padding frames keep their own statistics
         stats = jax.tree.map(lambda v, *fs: np.concatenate([np.stack(fs), v[n:]]), own, *frames)
-        return np.asarray(sf.render(aux, condition, alpha, stats))[:n]
+        return np.asarray(sf.render(aux, condition, alpha, stats, masks))[:n]
 
     # --- event loop -----------------------------------------------------------------------------------------
 
@@ -318,7 +329,8 @@ class Batcher:
             jobs = self._take()
             groups: dict[tuple, list[Job]] = {}
             for j in jobs:
-                groups.setdefault((j.content.shape, j.smoothing > 0), []).append(j)
+                key = (j.content.shape, j.smoothing > 0, None if j.masks is None else j.masks.shape)
+                groups.setdefault(key, []).append(j)
             for group in groups.values():
                 for start in range(0, len(group), self.max_batch):
                     chunk = group[start:start + self.max_batch]
@@ -353,6 +365,10 @@ class Batcher:
             self._wake.set()
         self._pending.clear()
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _shapes(stats: Any) -> tuple:
+    return jax.tree.structure(stats), [np.shape(v) for v in jax.tree.leaves(stats)]
 
 
 # The largest smoothing strength the page may ask for (1 would freeze the statistics).

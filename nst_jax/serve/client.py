@@ -40,6 +40,7 @@ class Client:
         self.on_sent = on_sent
         self.closed = False
         self.uploading = False
+        self.smoothing = 0.0  # statistic smoothing strength (the page's slider; `batcher.parse_smoothing`)
         self.frames_in = 0
         self.results_sent = 0
         self.results_dropped = 0
