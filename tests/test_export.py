@@ -17,6 +17,7 @@ pytest.importorskip("onnx")
 from nst_jax import cli  # noqa: E402
 from nst_jax.export import build, export_stylizer, read_convention, style_encoder_path  # noqa: E402
 from nst_jax.models import cin  # noqa: E402
+from nst_jax.models.open import Loaded  # noqa: E402
 from nst_jax.stylize import Stylizer  # noqa: E402
 
 TOL = 1e-4
@@ -118,7 +119,7 @@ def _any_spec_stylizer() -> Stylizer:
         cin._set(params, layer.path, entry)
     params = jax.tree.map(lambda v: np.asarray(v, np.float32), params)
     cin.check_params(params, spec)
-    return Stylizer.from_family(cin.FAMILY, params, {}, spec)
+    return Stylizer(Loaded(cin.FAMILY, params, {}, spec))
 
 
 def test_cin_any_spec_nhwc():
@@ -351,4 +352,18 @@ def test_tflite_needs_a_size_and_a_family_it_covers(ms26, adain, tmp_path):
         export_stylizer(ms26, tmp_path / "a.tflite", fmt="tflite")
     with pytest.raises(Exception, match="covers cin, arbitrary"):
         export_stylizer(adain, tmp_path / "b.tflite", fmt="tflite", size=(32, 32))
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_family_without_the_export_capability_gets_one_line(tmp_path):
+    """Export asks the family (`Family.export`); none means a one-line NstError in either format."""
+    import dataclasses
+
+    from nst_jax.errors import NstError
+
+    st = _any_spec_stylizer()
+    bare = Stylizer(Loaded(dataclasses.replace(cin.FAMILY, export=None), st.params, {}, st.static))
+    for fmt, size in (("onnx", None), ("tflite", (32, 32))):
+        with pytest.raises(NstError, match="^the cin family cannot be exported$"):
+            export_stylizer(bare, tmp_path / f"x.{fmt}", fmt=fmt, size=size)
     assert not list(tmp_path.iterdir())

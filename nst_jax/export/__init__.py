@@ -9,8 +9,10 @@ OUT's stem + `_style.onnx`, and OUT's metadata names it):
 | arbitrary | OUT: image + style_vector (N, 100); OUT_style: the predictor | OUT: image |
 | AdaIN | OUT: image + style_mean, style_std (N, 512) + alpha (N,); OUT_style: the statistics | OUT: image + alpha |
 
-The graphs are written by a small builder on the `onnx` package (`nst_jax.export.graph`) from each family's
-layer walk and parameters, so any layout a family describes exports (CIN widths, kernels, residual counts,
+A family is exported by its own capability, `Family.export` (`nst_jax.models.Export`): the exporter it names
+(in `nst_jax.export.families`) and whether onnx2tf converts the graphs to LiteRT; a family without one cannot
+be exported. The graphs are written by a small builder on the `onnx` package (`nst_jax.export.graph`) from each
+family's layer walk and parameters, so any layout a family describes exports (CIN widths, kernels, residual counts,
 biases; VGG16 or VGG19 encoders of any source). Height and width are symbolic unless `size` fixes them.
 
 Metadata (`metadata_props`, read back by `read_convention` and `nst-jax info FILE.onnx`): `nst_jax.family`,
@@ -22,19 +24,19 @@ Metadata (`metadata_props`, read back by `read_convention` and `nst-jax info FIL
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from nst_jax.errors import NstError
 from nst_jax.export.info import META_PREFIX, read_convention
 
+if TYPE_CHECKING:
+    from nst_jax.models import Export, Family
+
 FORMATS = ("onnx", "tflite")
-# LiteRT: the families onnx2tf converts (measured); AdaIN's VGG graph was not tried
-TFLITE_FAMILIES = ("cin", "arbitrary")
 LAYOUTS = ("NCHW", "NHWC")
 STYLE_SUFFIX = "_style"
 
@@ -52,21 +54,6 @@ def style_encoder_path(out: str | Path) -> Path:
     """Where the style encoder of an export to `out` goes: `out`'s stem + `_style` + its suffix."""
     out = Path(out)
     return out.with_name(out.stem + STYLE_SUFFIX + (out.suffix or ".onnx"))
-
-
-def _meta(family: str, layout: str, inputs: dict[str, str], outputs: dict[str, str], style: str,
-          **extra: Any) -> dict[str, str]:
-    from nst_jax.export.graph import OPSET
-
-    m = {"family": family, "layout": layout, "color": "RGB", "range": "[0, 1]", "dtype": "float32",
-         "inputs": json.dumps(inputs), "outputs": json.dumps(outputs), "style": style, "opset": str(OPSET)}
-    m.update({k: (v if isinstance(v, str) else json.dumps(v)) for k, v in extra.items() if v is not None})
-    return {META_PREFIX + k: v for k, v in m.items()}
-
-
-def _image_desc(layout: str, size: tuple[int, int] | None) -> str:
-    sides = "any height and width" if size is None else f"{size[0]} x {size[1]}"
-    return f"{layout} float32 RGB in [0, 1], {sides}"
 
 
 def _check(fmt: str, layout: str, size: Sequence[int] | None) -> tuple[str, tuple[int, int] | None]:
@@ -101,10 +88,10 @@ def _mix(conditions: list[Any], weights: Sequence[float] | None) -> Any:
 def build(stylizer: Any, *, styles: Sequence[Any] = (), style_weights: Sequence[float] | None = None,
           layout: str = "NCHW", size: tuple[int, int] | None = None, style_desc: str | None = None,
           encoder_size: tuple[int, int] | None = None) -> list[tuple[str, Any, dict[str, str]]]:
-    """The ONNX models of a loaded model (`nst_jax.stylize.Stylizer`), unwritten.
+    """The ONNX models of a loaded model (`nst_jax.stylize.Stylizer`), unwritten, by its family's exporter.
 
     Args:
-      stylizer: the model, any family.
+      stylizer: the model, of any family with an `export` capability.
       styles: empty for a style input; else what to bake in: CIN table indices or weight vectors, or style
         images (1, H, W, 3) for AdaIN and arbitrary (blended with `style_weights` when several).
       style_weights: blend weights (K,) summing to 1, for several `styles`.
@@ -115,75 +102,30 @@ def build(stylizer: Any, *, styles: Sequence[Any] = (), style_weights: Sequence[
 
     Returns:
       [(role, onnx.ModelProto, metadata)]: the stylizer first, then the style encoder if any.
+
+    Raises:
+      NstError: the family cannot be exported.
     """
-    from nst_jax.export import families as fam
+    family = stylizer.family
+    exporter = _exporter(family)
+    cond = _mix([stylizer.condition(s) for s in styles], style_weights) if styles else None
+    graphs = exporter.load()(stylizer, cond, layout=layout, size=size, style_desc=style_desc,
+                             encoder_size=encoder_size)
+    return [(role, g.model(meta, doc=f"nst-jax {family.name} ({role})"), meta) for role, g, meta in graphs]
 
-    family = stylizer.family.name
-    image_in = _image_desc(layout, size)
-    out_desc = {"stylized": f"{layout} float32 RGB in [0, 1], the input's height and width"}
-    baked = bool(styles)
-    cond = _mix([stylizer.condition(s) for s in styles], style_weights) if baked else None
-    models: list[tuple[str, Any, dict[str, str]]] = []
-    fixed = {"size": list(size)} if size else {}
-    if family == "cin":
-        spec = stylizer.static
-        weights = None if cond is None else np.asarray(cond["weights"], np.float32).reshape(-1)
-        g = fam.cin_graph(stylizer.params, spec, weights=weights, layout=layout, size=size)
-        ins = {"image": image_in}
-        if weights is None:
-            ins["style_weights"] = (f"(N, {spec.num_styles}) float32 weights over the style table (one-hot for "
-                                    f"one style, convex for a blend)")
-        style = style_desc or ("input: style_weights" if weights is None else
-                               "baked: weights " + ",".join(f"{v:.6g}" for v in weights))
-        meta = _meta("cin", layout, ins, out_desc, style, num_styles=str(spec.num_styles),
-                     size_multiple=str(spec.size_multiple), spec=spec.to_dict(), **fixed)
-        models.append(("stylizer", g, meta))
-    elif family == "arbitrary":
-        from nst_jax.models import arbitrary as arb
 
-        vector = None if cond is None else np.asarray(cond["vector"], np.float32).reshape(-1)
-        g = fam.arbitrary_transform_graph(stylizer.params, vector=vector, layout=layout, size=size)
-        ins = {"image": image_in}
-        prep = (f"centre-crop to a square, resize to {arb.STYLE_SIZE} x {arb.STYLE_SIZE} (Lanczos), RGB in "
-                f"[0, 1]")
-        if vector is None:
-            ins["style_vector"] = ("(N, 100) float32 style vectors from the style encoder; a blend or a strength is "
-                                   "a convex mix of vectors (strength: with the content image's own vector)")
-        style = style_desc or ("input: style_vector" if vector is None else "baked: one style vector")
-        meta = _meta("arbitrary", layout, ins, out_desc, style, size_multiple=str(arb.MULTIPLE), **fixed)
-        models.append(("stylizer", g, meta))
-        if vector is None:
-            pg = fam.arbitrary_predict_graph(stylizer.params, layout=layout, size=encoder_size)
-            pmeta = _meta("arbitrary", layout, {"style": f"{layout} float32 RGB in [0, 1], preprocessed: {prep}"},
-                          {"style_vector": "(N, 100) float32 style vectors"}, "encoder",
-                          role="style_encoder", style_preprocess=prep)
-            models.append(("style_encoder", pg, pmeta))
-            meta[META_PREFIX + "style_preprocess"] = prep
-    elif family == "adain":
-        stats = None
-        if cond is not None:
-            stats = (np.asarray(cond["mean"]).reshape(-1), np.asarray(cond["std"]).reshape(-1))
-        g = fam.adain_graph(stylizer.frozen["vgg"], stylizer.static, stylizer.params, stats=stats, layout=layout,
-                            size=size)
-        ins = {"image": image_in}
-        if stats is None:
-            ins["style_mean"] = "(N, 512) float32 relu4_1 mean of the style image (the style encoder's output)"
-            ins["style_std"] = "(N, 512) float32 relu4_1 std of the style image (the style encoder's output)"
-        ins["alpha"] = "(N,) float32 strength in [0, 1] (1 = full style)"
-        style = style_desc or ("input: style_mean, style_std" if stats is None else "baked: one style's statistics")
-        prep = "resize so the shorter side is 512 (nst-jax stylize's default --style-size), RGB in [0, 1]"
-        meta = _meta("adain", layout, ins, out_desc, style, encoder=stylizer.static.source, **fixed)
-        models.append(("stylizer", g, meta))
-        if stats is None:
-            sg = fam.adain_style_graph(stylizer.frozen["vgg"], stylizer.static, layout=layout, size=encoder_size)
-            smeta = _meta("adain", layout, {"style": f"{layout} float32 RGB in [0, 1], any size; suggested: {prep}"},
-                          {"style_mean": "(N, 512) float32", "style_std": "(N, 512) float32"}, "encoder",
-                          role="style_encoder", style_preprocess=prep)
-            models.append(("style_encoder", sg, smeta))
-            meta[META_PREFIX + "style_preprocess"] = prep
-    else:  # pragma: no cover - every family in MODELS is handled above
-        raise NstError(f"no exporter for the {family} family")
-    return [(role, g.model(meta, doc=f"nst-jax {family} ({role})"), meta) for role, g, meta in models]
+def _exporter(family: Family) -> Export:
+    """The family's `nst_jax.models.Export`, or a one-line error for a family without one."""
+    if family.export is None:
+        raise NstError(f"the {family.name} family cannot be exported")
+    return family.export
+
+
+def _tflite_families() -> list[str]:
+    """The names of the families whose exports onnx2tf converts (for the error text)."""
+    from nst_jax import models
+
+    return [n for n in models.MODELS if (e := models.get(n).export) is not None and e.tflite]
 
 
 def write(models: list[tuple[str, Any, dict[str, str]]], out: str | Path, *, overwrite: bool = False
@@ -260,27 +202,31 @@ def export_stylizer(stylizer: Any, out: str | Path, *, fmt: str = "onnx", styles
                     size: Sequence[int] | None = None, overwrite: bool = False) -> list[Exported]:
     """`build` then `write` for a loaded model (tests use random-weight stylizers).
 
-    With fmt "tflite" (CIN and arbitrary; needs `size` and the `[litert]` extra) the ONNX graphs are made at
-    that size (the arbitrary predictor at 256 x 256), converted by onnx2tf, and written as `.tflite` files
-    (NHWC); the metadata then lives in `Exported.metadata` only.
+    With fmt "tflite" (families whose `Export.tflite` is set: CIN and arbitrary; needs `size` and the
+    `[litert]` extra) the ONNX graphs are made at that size (a style encoder at `Export.tflite_encoder_size`:
+    the arbitrary predictor at 256 x 256), converted by onnx2tf, and written as `.tflite` files (NHWC); the
+    metadata then lives in `Exported.metadata` only.
+
+    Raises:
+      NstError: the family cannot be exported (in `fmt`), a bad format, layout or size, existing outputs.
     """
     lay, hw = _check(fmt, layout, size)
     _check_styles(stylizer, styles)
     if str(fmt).lower() == "onnx":
         return write(build(stylizer, styles=styles, style_weights=style_weights, layout=lay, size=hw), out,
                      overwrite=overwrite)
-    if stylizer.family.name not in TFLITE_FAMILIES:
-        raise NstError(f"tflite export covers {', '.join(TFLITE_FAMILIES)}, not {stylizer.family.name}")
+    exporter = _exporter(stylizer.family)
+    if not exporter.tflite:
+        raise NstError(f"tflite export covers {', '.join(_tflite_families())}, not {stylizer.family.name}")
     if hw is None:
         raise NstError("tflite export needs a fixed size: --size H W")
     import tempfile
 
     from nst_jax.export.litert import onnx_to_tflite, tflite_layouts
-    from nst_jax.models import arbitrary as arb
 
     out = Path(out)
     models = build(stylizer, styles=styles, style_weights=style_weights, layout="NCHW", size=hw,
-                   encoder_size=(arb.STYLE_SIZE, arb.STYLE_SIZE))
+                   encoder_size=exporter.tflite_encoder_size)
     targets = [out if role == "stylizer" else style_encoder_path(out) for role, _, _ in models]
     for p in targets:
         if p.exists() and not overwrite:

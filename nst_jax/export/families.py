@@ -10,16 +10,24 @@
   alpha, decoder, crop and clip; the style-statistics encoder as its own graph.
 
 All graphs take and give images as `layout` ("NCHW" default, or "NHWC") float32 RGB in [0, 1].
+
+Each family's `FAMILY.export` names its exporter here (`cin_export`, `arbitrary_export`, `adain_export`, all
+`nst_jax.models.ExportBuilder`s): the graphs of a loaded model with their metadata, for `nst_jax.export.build`.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from nst_jax.export.graph import Dims, Graph, image_shape
+from nst_jax.export.graph import OPSET, Dims, Graph, image_shape
+from nst_jax.export.info import META_PREFIX
+
+# (role, graph, metadata): what an exporter returns, the stylizer first
+Built = tuple[str, Graph, dict[str, str]]
 
 
 def _np(x: Any) -> np.ndarray:
@@ -29,6 +37,28 @@ def _np(x: Any) -> np.ndarray:
 def _image_in(g: Graph, name: str, layout: str, size: tuple[int, int] | None) -> tuple[str, Dims]:
     x = g.add_input(name, image_shape(layout, size))
     return g.to_nchw(x, layout), Dims(*(size or (None, None)))
+
+
+def metadata(family: str, layout: str, inputs: dict[str, str], outputs: dict[str, str], style: str,
+             **extra: Any) -> dict[str, str]:
+    """The `nst_jax.*` metadata of one graph (read back by `nst_jax.export.info.read_convention`)."""
+    m = {"family": family, "layout": layout, "color": "RGB", "range": "[0, 1]", "dtype": "float32",
+         "inputs": json.dumps(inputs), "outputs": json.dumps(outputs), "style": style, "opset": str(OPSET)}
+    m.update({k: (v if isinstance(v, str) else json.dumps(v)) for k, v in extra.items() if v is not None})
+    return {META_PREFIX + k: v for k, v in m.items()}
+
+
+def _image_desc(layout: str, size: tuple[int, int] | None) -> str:
+    sides = "any height and width" if size is None else f"{size[0]} x {size[1]}"
+    return f"{layout} float32 RGB in [0, 1], {sides}"
+
+
+def _stylized_desc(layout: str) -> dict[str, str]:
+    return {"stylized": f"{layout} float32 RGB in [0, 1], the input's height and width"}
+
+
+def _fixed(size: tuple[int, int] | None) -> dict[str, Any]:
+    return {"size": list(size)} if size else {}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -85,6 +115,25 @@ def cin_graph(params: Mapping[str, Any], spec: Any, *, weights: np.ndarray | Non
     h = g.crop(h, hw, dims)
     g.add_output(g.from_nchw(h, layout), "stylized", image_shape(layout, size))
     return g
+
+
+def cin_export(stylizer: Any, condition: Any | None, *, layout: str, size: tuple[int, int] | None,
+               style_desc: str | None = None, encoder_size: tuple[int, int] | None = None) -> list[Built]:
+    """CIN's exporter: the transformer with a `style_weights` input, or with `condition`'s weights baked in."""
+    del encoder_size  # CIN has no style encoder
+    spec = stylizer.static
+    weights = None if condition is None else _np(condition["weights"]).reshape(-1)
+    g = cin_graph(stylizer.params, spec, weights=weights, layout=layout, size=size)
+    ins = {"image": _image_desc(layout, size)}
+    if weights is None:
+        ins["style_weights"] = (f"(N, {spec.num_styles}) float32 weights over the style table (one-hot for "
+                                f"one style, convex for a blend)")
+    style = style_desc or ("input: style_weights" if weights is None else
+                           "baked: weights " + ",".join(f"{v:.6g}" for v in weights))
+    meta = metadata(stylizer.family.name, layout, ins, _stylized_desc(layout), style,
+                    num_styles=str(spec.num_styles), size_multiple=str(spec.size_multiple), spec=spec.to_dict(),
+                    **_fixed(size))
+    return [("stylizer", g, meta)]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -190,6 +239,34 @@ def arbitrary_predict_graph(params: Mapping[str, Any], *, layout: str = "NCHW",
     v = g.dense(feat, _np(b["kernel"]), _np(b["bias"]))
     g.add_output(v, "style_vector", ["n", int(np.shape(b["kernel"])[1])])
     return g
+
+
+def arbitrary_export(stylizer: Any, condition: Any | None, *, layout: str, size: tuple[int, int] | None,
+                     style_desc: str | None = None, encoder_size: tuple[int, int] | None = None) -> list[Built]:
+    """The arbitrary network's exporter: the transformer with a `style_vector` input and the predictor beside
+    it, or the transformer alone with `condition`'s vector baked in."""
+    from nst_jax.models import arbitrary as arb
+
+    family = stylizer.family.name
+    vector = None if condition is None else _np(condition["vector"]).reshape(-1)
+    g = arbitrary_transform_graph(stylizer.params, vector=vector, layout=layout, size=size)
+    ins = {"image": _image_desc(layout, size)}
+    prep = f"centre-crop to a square, resize to {arb.STYLE_SIZE} x {arb.STYLE_SIZE} (Lanczos), RGB in [0, 1]"
+    if vector is None:
+        ins["style_vector"] = ("(N, 100) float32 style vectors from the style encoder; a blend or a strength is "
+                               "a convex mix of vectors (strength: with the content image's own vector)")
+    style = style_desc or ("input: style_vector" if vector is None else "baked: one style vector")
+    meta = metadata(family, layout, ins, _stylized_desc(layout), style, size_multiple=str(arb.MULTIPLE),
+                    **_fixed(size))
+    built: list[Built] = [("stylizer", g, meta)]
+    if vector is None:
+        pg = arbitrary_predict_graph(stylizer.params, layout=layout, size=encoder_size)
+        pmeta = metadata(family, layout, {"style": f"{layout} float32 RGB in [0, 1], preprocessed: {prep}"},
+                         {"style_vector": "(N, 100) float32 style vectors"}, "encoder",
+                         role="style_encoder", style_preprocess=prep)
+        built.append(("style_encoder", pg, pmeta))
+        meta[META_PREFIX + "style_preprocess"] = prep
+    return built
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -305,4 +382,34 @@ def adain_style_graph(vgg_params: Mapping[str, Any], vgg_spec: Any, *, layout: s
     return g
 
 
-__all__ = ["adain_graph", "adain_style_graph", "arbitrary_predict_graph", "arbitrary_transform_graph", "cin_graph"]
+def adain_export(stylizer: Any, condition: Any | None, *, layout: str, size: tuple[int, int] | None,
+                 style_desc: str | None = None, encoder_size: tuple[int, int] | None = None) -> list[Built]:
+    """AdaIN's exporter: encoder-AdaIN-decoder with style statistics and alpha inputs and the statistics encoder
+    beside it, or with `condition`'s statistics baked in (alpha stays an input)."""
+    family = stylizer.family.name
+    vgg_params, vgg_spec = stylizer.frozen["vgg"], stylizer.static
+    stats = None
+    if condition is not None:
+        stats = (np.asarray(condition["mean"]).reshape(-1), np.asarray(condition["std"]).reshape(-1))
+    g = adain_graph(vgg_params, vgg_spec, stylizer.params, stats=stats, layout=layout, size=size)
+    ins = {"image": _image_desc(layout, size)}
+    if stats is None:
+        ins["style_mean"] = "(N, 512) float32 relu4_1 mean of the style image (the style encoder's output)"
+        ins["style_std"] = "(N, 512) float32 relu4_1 std of the style image (the style encoder's output)"
+    ins["alpha"] = "(N,) float32 strength in [0, 1] (1 = full style)"
+    style = style_desc or ("input: style_mean, style_std" if stats is None else "baked: one style's statistics")
+    prep = "resize so the shorter side is 512 (nst-jax stylize's default --style-size), RGB in [0, 1]"
+    meta = metadata(family, layout, ins, _stylized_desc(layout), style, encoder=vgg_spec.source, **_fixed(size))
+    built: list[Built] = [("stylizer", g, meta)]
+    if stats is None:
+        sg = adain_style_graph(vgg_params, vgg_spec, layout=layout, size=encoder_size)
+        smeta = metadata(family, layout, {"style": f"{layout} float32 RGB in [0, 1], any size; suggested: {prep}"},
+                         {"style_mean": "(N, 512) float32", "style_std": "(N, 512) float32"}, "encoder",
+                         role="style_encoder", style_preprocess=prep)
+        built.append(("style_encoder", sg, smeta))
+        meta[META_PREFIX + "style_preprocess"] = prep
+    return built
+
+
+__all__ = ["Built", "adain_export", "adain_graph", "adain_style_graph", "arbitrary_export", "arbitrary_predict_graph",
+           "arbitrary_transform_graph", "cin_export", "cin_graph", "metadata"]
