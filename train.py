@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
 
     try:
         if FLAGS.export:
-            from nst_jax.checkpoints import export_decoder
+            from nst_jax.models.trained import export_decoder
 
             path = export_decoder(FLAGS.workdir, FLAGS.export, overwrite=FLAGS.overwrite)
             print(f"wrote {path}")

@@ -10,7 +10,8 @@ with:
 
 `restore_params(path, like)` reads the parameters of a finished checkpoint into a given structure;
 `nst_jax.models.trained.load_trained(path)` builds that structure from the family and is what
-`nst-jax stylize --checkpoint DIR`, the live server and export call. `load_decoder_checkpoint` is the AdaIN case.
+`nst-jax stylize --checkpoint DIR`, the live server and export call (with `load_decoder_checkpoint`, the AdaIN
+case, and `export_decoder`).
 """
 
 from __future__ import annotations
@@ -282,47 +283,3 @@ def latest_config(path: str | Path) -> tuple[dict, int]:
     """The saved config (and step) of the checkpoint `path` resolves to."""
     root, step = find_checkpoint(path)
     return read_config(root / str(step)), step
-
-
-def load_decoder_checkpoint(path: str | Path) -> tuple[dict, dict]:
-    """Load the AdaIN decoder parameters and the training configuration from a training checkpoint.
-
-    Args:
-      path: a `train.py --workdir` (its latest checkpoint is used), its `checkpoints/` folder, or one
-        `checkpoints/<step>` folder.
-
-    Returns:
-      (decoder params as {layer: {"kernel", "bias"}} float32 NumPy arrays, config as a plain dict holding at
-      least "vgg_weights", plus "step": the checkpoint's step).
-
-    Raises:
-      WeightsError: `path` is not a checkpoint, not an AdaIN one, or its parameters do not fit the decoder.
-    """
-    from nst_jax.models.decoder import check_decoder_params, expected_shapes
-
-    config, _ = latest_config(path)
-    model = config.get("model", "adain")
-    if model != "adain":
-        raise WeightsError(f"{path} holds a trained {model} model, not an AdaIN decoder")
-    like = {name: {leaf: np.zeros(shape, np.float32) for leaf, shape in leaves.items()}
-            for name, leaves in expected_shapes().items()}
-    params, config, step = restore_params(path, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
-                                                            like))
-    check_decoder_params(params)
-    config.setdefault("vgg_weights", "adain")
-    config["step"] = step
-    return params, config
-
-
-def export_decoder(checkpoint: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
-    """Write a checkpoint's decoder to our `.npz` format (`nst-jax stylize --decoder FILE` reads it).
-
-    Returns:
-      the path written.
-    """
-    from nst_jax.weights.npz import save_npz
-
-    params, config = load_decoder_checkpoint(checkpoint)
-    meta = {"kind": "adain_decoder", "step": config["step"], "vgg_weights": config["vgg_weights"],
-            "source": f"nst-jax training checkpoint {Path(checkpoint).name} step {config['step']}"}
-    return save_npz(out, params, meta, overwrite=overwrite)

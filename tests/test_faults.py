@@ -23,6 +23,7 @@ import helpers
 from helpers import ROOT, subprocess_env
 from nst_jax import checkpoints
 from nst_jax.errors import NstError
+from nst_jax.models import trained
 from nst_jax.train import train_and_evaluate
 
 _steps = helpers.checkpoint_steps
@@ -36,7 +37,7 @@ def _config(image_dirs, **overrides):
 
 def _params(workdir: Path, step: int | None = None) -> dict:
     path = workdir if step is None else workdir / "checkpoints" / str(step)
-    params, _ = checkpoints.load_decoder_checkpoint(path)
+    params, _ = trained.load_decoder_checkpoint(path)
     return params
 
 
@@ -193,7 +194,7 @@ def test_a_real_full_disk_stops_with_one_error_line_and_keeps_the_previous_check
         assert len(errors) == 1 and "no space left on device" in errors[0], p.stderr[-3000:]
         assert "previous checkpoint (step 2) is intact" in errors[0]
         assert _steps(wd) == [2]
-        checkpoints.load_decoder_checkpoint(wd / "checkpoints" / "2")  # still readable
+        trained.load_decoder_checkpoint(wd / "checkpoints" / "2")  # still readable
     finally:
         subprocess.run(["umount", str(mnt)], capture_output=True, timeout=30)
 

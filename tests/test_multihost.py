@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from helpers import subprocess_env
-from nst_jax import checkpoints
+from nst_jax.models import trained
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 8
@@ -103,7 +103,7 @@ def _wait(procs: list[subprocess.Popen], timeout: float = 240) -> list[str]:
 
 
 def _params(workdir: Path) -> tuple[dict, int]:
-    params, config = checkpoints.load_decoder_checkpoint(workdir)
+    params, config = trained.load_decoder_checkpoint(workdir)
     return params, config["step"]
 
 
@@ -139,7 +139,7 @@ def test_two_processes_train_as_one_resume_after_sigkill_and_change_count(image_
     # Float rounding differs (the cross-process sum is gloo's, in another order), and Adam turns a gradient
     # element within rounding of zero into a full +-lr step either way; so compare each layer's difference with
     # how far that layer moved over the last half of the run, and bound single elements by Adam's steps.
-    half, _ = checkpoints.load_decoder_checkpoint(one / "checkpoints" / str(STEPS // 2))
+    half, _ = trained.load_decoder_checkpoint(one / "checkpoints" / str(STEPS // 2))
     moved = {(k, leaf): float(np.linalg.norm(pb[k][leaf] - pa[k][leaf]) / np.linalg.norm(pa[k][leaf] - half[k][leaf]))
              for k in pa for leaf in ("kernel", "bias")}
     elem = max(float(np.max(np.abs(pb[k][leaf] - pa[k][leaf]))) for k in pa for leaf in ("kernel", "bias"))

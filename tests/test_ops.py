@@ -311,14 +311,15 @@ def test_bf16_is_refused_where_a_family_computes_in_float32_only():
     from nst_jax import models
     from nst_jax.errors import NstError
     from nst_jax.models import cin
+    from nst_jax.models.open import Loaded
     from nst_jax.stylize import Stylizer
 
     spec = cin.preset("magenta")
     params = cin.init_params(jax.random.PRNGKey(0), spec)
     with pytest.raises(NstError, match="bfloat16|not supported"):
-        Stylizer.from_family(models.get("cin"), params, {}, spec, dtype=jnp.bfloat16)
+        Stylizer(Loaded(models.get("cin"), params, {}, spec), dtype=jnp.bfloat16)
     with pytest.raises(NstError, match="not supported"):
-        Stylizer.from_family(models.get("cin"), params, {}, spec, dtype=jnp.float16)
+        Stylizer(Loaded(models.get("cin"), params, {}, spec), dtype=jnp.float16)
 
 
 # -------------------------------------------------------------------------------- convolution strategies

@@ -324,3 +324,51 @@ def test_checkpoint_decoder_pairs_with_its_config(tmp_path, images):
     torch.save(_torchvision_state_dict(), path)
     with pytest.raises(WeightsError, match="trained on the adain encoder"):
         Stylizer.load(vgg=path, checkpoint=tmp_path)
+
+
+def test_open_model_reads_a_pth_once_and_builds_the_same_stylizer(weight_files, stylizer, images, monkeypatch):
+    """`--model decoder.pth`: one read of the file tells a fast_neural_style network from an AdaIN decoder."""
+    from nst_jax.errors import DownloadError
+    from nst_jax.models import open as opener
+    from nst_jax.weights import pth
+
+    reads = []
+    real = pth.load_state_dict
+    monkeypatch.setattr(pth, "load_state_dict", lambda path, *a, **k: reads.append(str(path)) or real(path, *a, **k))
+    with pytest.raises(DownloadError):  # read once; then it asks for AdaIN's encoder, not cached here
+        opener.open_model(str(weight_files[1]))
+    assert reads == [str(weight_files[1])]
+    loaded = opener.open_model(decoder=str(weight_files[1]), vgg=str(weight_files[0]))
+    assert reads.count(str(weight_files[1])) == 2  # once more for the second open, not twice
+    assert loaded.family.name == "adain" and loaded.origin == f"decoder {weight_files[1]}"
+    assert loaded.family.encoder_setup is not None and "bfloat16" in loaded.family.dtypes
+    st = Stylizer(loaded)
+    content, style1 = images[0], images[1]
+    np.testing.assert_array_equal(st.stylize(content, [style1]), stylizer.stylize(content, [style1]))
+    with pytest.raises(NstError, match="takes no vgg"):
+        opener.open_model("multistyle26", vgg=weight_files[0])
+
+
+def test_offline_fallback_is_decided_by_the_opener(monkeypatch):
+    from nst_jax import models
+    from nst_jax.errors import DownloadError
+    from nst_jax.models import open as opener
+    from nst_jax.weights import magenta_arbitrary
+
+    def no_download(*_):
+        raise DownloadError("cannot fetch adain-decoder; check the network")
+
+    stand_in = opener.Loaded(models.get("arbitrary"), {}, {}, None, opener.FALLBACK)
+    monkeypatch.setattr(opener, "_open_default", no_download)
+    monkeypatch.setattr(opener, "_open_named", lambda name: stand_in if name == opener.FALLBACK else None)
+    monkeypatch.setattr(magenta_arbitrary, "find_files", lambda: ("p", "t"))
+    monkeypatch.delenv("NST_JAX_OFFLINE", raising=False)
+    got = opener.open_model(fallback=True)
+    assert got.origin == "magenta-arbitrary" and got.note.startswith(
+        "note: AdaIN's weights are not available (cannot fetch adain-decoder)")
+    for kw in ({}, {"fallback": True, "vgg": "adain"}):  # asked for AdaIN, or not allowed: the download error
+        with pytest.raises(DownloadError):
+            opener.open_model(**kw)
+    monkeypatch.setenv("NST_JAX_OFFLINE", "1")
+    with pytest.raises(DownloadError):
+        opener.open_model(fallback=True)

@@ -21,8 +21,8 @@ from PIL import Image
 import helpers
 from configs import tiny
 from helpers import ROOT, subprocess_env
-from nst_jax import checkpoints
 from nst_jax.errors import WeightsError
+from nst_jax.models import trained
 from nst_jax.train import TrainingDiverged, train_and_evaluate
 
 
@@ -67,39 +67,39 @@ def test_tiny_run_writes_metrics_tensorboard_and_sample_grids(trained_run):
 @pytest.mark.slow
 def test_load_decoder_checkpoint_and_export(trained_run, tmp_path):
     workdir, _ = trained_run("adain")
-    params, config = checkpoints.load_decoder_checkpoint(workdir)
+    params, config = trained.load_decoder_checkpoint(workdir)
     assert config["step"] == 12 and config["vgg_weights"] == "random" and config["image_size"] == 32
     assert params["conv4_1"]["kernel"].shape == (3, 3, 512, 256) and params["conv1_1"]["bias"].shape == (3,)
-    p6, c6 = checkpoints.load_decoder_checkpoint(workdir / "checkpoints" / "6")
+    p6, c6 = trained.load_decoder_checkpoint(workdir / "checkpoints" / "6")
     assert c6["step"] == 6
     assert not np.array_equal(p6["conv1_1"]["kernel"], params["conv1_1"]["kernel"])
-    p12, _ = checkpoints.load_decoder_checkpoint(workdir / "checkpoints")
+    p12, _ = trained.load_decoder_checkpoint(workdir / "checkpoints")
     np.testing.assert_array_equal(p12["conv2_1"]["kernel"], params["conv2_1"]["kernel"])
     with pytest.raises(WeightsError, match="not a training checkpoint"):
-        checkpoints.load_decoder_checkpoint(tmp_path)
+        trained.load_decoder_checkpoint(tmp_path)
     with pytest.raises(WeightsError, match="not found"):
-        checkpoints.load_decoder_checkpoint(tmp_path / "missing")
+        trained.load_decoder_checkpoint(tmp_path / "missing")
 
-    out = checkpoints.export_decoder(workdir, tmp_path / "decoder.npz")
+    out = trained.export_decoder(workdir, tmp_path / "decoder.npz")
     from nst_jax.weights.npz import load_npz
 
     exported, meta = load_npz(out)
     assert meta["kind"] == "adain_decoder" and meta["step"] == 12
     np.testing.assert_array_equal(exported["conv3_1"]["kernel"], params["conv3_1"]["kernel"])
     with pytest.raises(WeightsError, match="exists"):
-        checkpoints.export_decoder(workdir, out)
+        trained.export_decoder(workdir, out)
 
 
 @pytest.mark.slow
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(trained_run, image_dirs, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(trained_run("adain")[0], workdir)
-    before, _ = checkpoints.load_decoder_checkpoint(workdir)
+    before, _ = trained.load_decoder_checkpoint(workdir)
     config = helpers.tiny_config("adain", image_dirs, **dict(helpers.RUN_STEPS, num_steps=20,
                                                              content_weight=float("nan")))
     with pytest.raises(TrainingDiverged, match=r"non-finite at step 13 .*last good checkpoint is step 12"):
         train_and_evaluate(config, workdir)
-    after, config = checkpoints.load_decoder_checkpoint(workdir)
+    after, config = trained.load_decoder_checkpoint(workdir)
     assert config["step"] == 12
     for name in before:
         np.testing.assert_array_equal(after[name]["kernel"], before[name]["kernel"])

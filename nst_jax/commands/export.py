@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from nst_jax.commands.stylize import _parse_weights
     from nst_jax.errors import NstError
     from nst_jax.export import _check, export_stylizer
+    from nst_jax.models.open import open_model
     from nst_jax.stylize import Stylizer
 
     layout, size = _check(args.fmt, args.layout, args.size)
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     styles = _styles(args.style, args.style_size)
     if weights is not None and len(weights) != len(styles):
         raise NstError(f"--style-weights has {len(weights)} values for {len(styles)} --style")
-    st = Stylizer.load_model(args.model)
+    st = Stylizer(open_model(args.model))
     n = st.num_styles if st.caps.style_table else None
     for s in styles:
         if isinstance(s, int) and n is not None and not 0 <= s < n:

@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from nst_jax.commands.stylize import _SAVE_EXTENSIONS, _expand, _style_index
     from nst_jax.errors import ImageError, NstError
     from nst_jax.image import image_grid, load_image, save_image
+    from nst_jax.models.open import open_model
     from nst_jax.runtime import tune_allocator
     from nst_jax.stylize import Stylizer
 
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     style_images = [load_image(p, size=args.style_size or None) for p in paths]
 
     tune_allocator()
-    stylizer = Stylizer.load(model=args.model)
+    stylizer = Stylizer(open_model(args.model))
     caps = stylizer.caps
     if caps.style_table and not caps.style_images:
         n = stylizer.num_styles

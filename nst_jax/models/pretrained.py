@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from nst_jax.errors import NstError
+from nst_jax.models.open import PACKAGED, open_model
 
-# Packaged models that can seed fine-tuning, and their family.
-PACKAGED_BASES = {"multistyle26": "cin", "magenta-arbitrary": "arbitrary"}
+# Packaged models that can seed fine-tuning, and their family (the names `nst_jax.models.open` knows).
+PACKAGED_BASES = {name: family for name, (family, _) in PACKAGED.items()}
 
 
 def load_base(init_from: str) -> tuple[str, Any]:
@@ -22,14 +23,9 @@ def load_base(init_from: str) -> tuple[str, Any]:
       NstError: naming `config.init_from` when it is neither.
     """
     name = str(init_from)
-    if name == "multistyle26":
-        from nst_jax.weights.cin_ports import load_multistyle26
-
-        return "cin", load_multistyle26()[0]
-    if name == "magenta-arbitrary":
-        from nst_jax.weights.magenta_arbitrary import load_magenta_arbitrary
-
-        return "arbitrary", load_magenta_arbitrary()
+    if name in PACKAGED_BASES:
+        loaded = open_model(name)
+        return loaded.family.name, loaded.params
     from nst_jax.models.trained import load_trained
 
     try:

@@ -61,10 +61,49 @@ def load_trained(path: str | Path) -> tuple[models.Family, Any, dict]:
     params, config, step = checkpoints.restore_params(path, like)
     check_tree(params, jax.tree.map(lambda s: tuple(s.shape), like), f"the {name} model in {path}")
     config.setdefault("model", name)
-    if name == "adain":
-        config.setdefault("vgg_weights", "adain")
     config["step"] = step
     return family, jax.tree.map(lambda a: np.asarray(a, np.float32), params), config
 
 
-__all__ = ["config_from_dict", "expected_tree", "load_trained"]
+def load_decoder_checkpoint(path: str | Path) -> tuple[dict, dict]:
+    """Load the AdaIN decoder parameters and the training configuration from a training checkpoint.
+
+    Args:
+      path: a `train.py --workdir` (its latest checkpoint is used), its `checkpoints/` folder, or one
+        `checkpoints/<step>` folder.
+
+    Returns:
+      (decoder params as {layer: {"kernel", "bias"}} float32 NumPy arrays, config as a plain dict holding at
+      least "vgg_weights", plus "step": the checkpoint's step).
+
+    Raises:
+      WeightsError: `path` is not a checkpoint, not an AdaIN one, or its parameters do not fit the decoder.
+    """
+    from nst_jax.models.decoder import check_decoder_params
+
+    # Restored into the structure its own family gives, then judged by that structure (not by the family's
+    # name): any family whose trained part is the AdaIN decoder fits.
+    family, params, config = load_trained(path)
+    try:
+        check_decoder_params(params)
+    except WeightsError:
+        raise WeightsError(f"{path} holds a trained {family.name} model, not an AdaIN decoder") from None
+    config.setdefault("vgg_weights", "adain")  # runs from before configs recorded it used AdaIN's encoder
+    return params, config
+
+
+def export_decoder(checkpoint: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
+    """Write a checkpoint's decoder to our `.npz` format (`nst-jax stylize --decoder FILE` reads it).
+
+    Returns:
+      the path written.
+    """
+    from nst_jax.weights.npz import save_npz
+
+    params, config = load_decoder_checkpoint(checkpoint)
+    meta = {"kind": "adain_decoder", "step": config["step"], "vgg_weights": config["vgg_weights"],
+            "source": f"nst-jax training checkpoint {Path(checkpoint).name} step {config['step']}"}
+    return save_npz(out, params, meta, overwrite=overwrite)
+
+
+__all__ = ["config_from_dict", "expected_tree", "export_decoder", "load_decoder_checkpoint", "load_trained"]

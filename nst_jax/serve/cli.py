@@ -182,10 +182,11 @@ def load_model(args: argparse.Namespace):
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     if args.random_weights:
         return random_stylizer(0, dtype)
+    from nst_jax.models.open import open_model
     from nst_jax.stylize import Stylizer
 
-    return Stylizer.load(vgg=args.vgg, decoder=args.decoder, checkpoint=args.checkpoint, model=args.model,
-                         dtype=dtype)
+    return Stylizer(open_model(args.model, vgg=args.vgg, decoder=args.decoder, checkpoint=args.checkpoint),
+                    dtype=dtype)
 
 
 def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:

@@ -242,6 +242,16 @@ def is_nst_jax_cin_export(path: str | Path) -> bool:
     return meta.get("family") == "cin" and "spec" in meta
 
 
+def load_cin_onnx(path: str | Path) -> tuple[dict[str, Any], TransformerSpec]:
+    """A CIN network from an `.onnx`: one `nst-jax export` wrote (its metadata gives the layout), else a
+    Magenta-layout graph (`port_cin_onnx`).
+
+    Raises:
+      WeightsError: unreadable file, or a graph of neither kind.
+    """
+    return (port_nst_jax_cin_export if is_nst_jax_cin_export(path) else port_cin_onnx)(path)
+
+
 def port_nst_jax_cin_export(path: str | Path) -> tuple[dict[str, Any], TransformerSpec]:
     """Read back a CIN network that `nst-jax export` wrote (either mode), running nothing.
 
@@ -359,6 +369,11 @@ def _fns_names(num_res: int) -> list[tuple[tuple[str, ...], str, str | None]]:
 
 
 _RUNNING = re.compile(r"(.*\.)?in\d+\.(running_mean|running_var|num_batches_tracked)")
+
+
+def is_fast_neural_style(state_dict: Mapping[str, Any]) -> bool:
+    """Whether a state_dict holds a pytorch/examples TransformerNet (its first convolution's key)."""
+    return any(k.endswith("conv1.conv2d.weight") for k in state_dict)
 
 
 def port_fast_neural_style(state_dict: Mapping[str, np.ndarray], what: str = "fast_neural_style"

@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from nst_jax import checkpoints
 from nst_jax.errors import DownloadError, WeightsError
 from nst_jax.files import file_digest
 from nst_jax.models import decoder as decoder_model
@@ -255,12 +254,22 @@ def read_weights(path: str | Path) -> tuple[str, Any]:
             found = ", ".join(list(layers)[:4])
             raise WeightsError(f"{path} is a Keras file without VGG19 layers (found {found})")
         return "keras", layers
-    sd = pth.load_state_dict(path, select=_not_for_torchvision_classifier)
+    sd = read_state_dict(path)
+    return state_dict_kind(path, sd), sd
+
+
+def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
+    """A PyTorch file's state_dict, safely, without torchvision's classifier (never used, ~400 MB)."""
+    return pth.load_state_dict(path, select=_not_for_torchvision_classifier)
+
+
+def state_dict_kind(path: str | Path, sd: Mapping[str, np.ndarray]) -> str:
+    """`classify_state_dict`, or a `WeightsError` saying what `path` looks like when no port knows it."""
     what = classify_state_dict(sd)
     if what == "unknown":
         raise WeightsError(f"{path} is {_describe_unknown(sd)}; expected a torchvision VGG19, "
                            "pytorch-AdaIN's vgg_normalised or decoder")
-    return what, sd
+    return what
 
 
 def _wrong_kind(path: Path, what: str, wanted: str) -> WeightsError:
@@ -306,10 +315,11 @@ def _vgg_from_content(path: Path, what: str, content: Any, fmt: str | None) -> t
 
 def decoder_from_file(path: str | Path) -> Params:
     """Read AdaIN decoder weights from `decoder.pth` or a converted `.npz` (see `load_decoder`)."""
-    return _decoder_from_content(Path(path), *read_weights(path))
+    return decoder_from_content(Path(path), *read_weights(path))
 
 
-def _decoder_from_content(path: Path, what: str, content: Any) -> Params:
+def decoder_from_content(path: Path, what: str, content: Any) -> Params:
+    """AdaIN decoder weights from what `read_weights(path)` returned, checked (errors name `path`)."""
     if what == "npz-adain_decoder":
         params = content[0]
     elif what == "adain-decoder":
@@ -413,7 +423,7 @@ def load_decoder(src: str | Path) -> Params:
 
     Args:
       src: "adain" (pytorch-AdaIN's released decoder, fetched if absent), pytorch-AdaIN's `decoder.pth`, a
-        converted `.npz`, or a training checkpoint directory (via `nst_jax.checkpoints`).
+        converted `.npz`, or a training checkpoint directory (via `nst_jax.models.trained`).
 
     Returns:
       {name: {"kernel": HWIO, "bias"}} with the names of `nst_jax.models.decoder.DECODER_CONVS`.
@@ -426,7 +436,9 @@ def load_decoder(src: str | Path) -> Params:
         return decoder_from_file(fetch(source.name))
     path = Path(src)
     if path.is_dir():
-        return checkpoints.load_decoder_checkpoint(path)[0]
+        from nst_jax.models.trained import load_decoder_checkpoint
+
+        return load_decoder_checkpoint(path)[0]
     if not path.exists():
         raise _missing(src, "adain_decoder")
     return decoder_from_file(path)
@@ -468,7 +480,7 @@ def convert(src: str | Path, *, fmt: str | None = None, out: str | Path | None =
         raise WeightsError(f"{path} is already converted ({DESCRIPTIONS[what]})")
     meta: dict[str, Any] = {"source": path.name, "sha256": file_digest(path), "from": what}
     if fmt == "adain-decoder" or (fmt is None and what == "adain-decoder"):
-        params = _decoder_from_content(path, what, content)
+        params = decoder_from_content(path, what, content)
         meta["kind"] = "adain_decoder"
     else:
         params, spec = _vgg_from_content(path, what, content, fmt)
@@ -478,7 +490,7 @@ def convert(src: str | Path, *, fmt: str | None = None, out: str | Path | None =
 
 
 __all__ = [
-    "adain_indices", "classify_state_dict", "convert", "decoder_from_file", "load_decoder", "load_vgg",
-    "port_adain_decoder", "port_adain_vgg", "port_keras", "port_torchvision", "read_weights",
-    "torchvision_indices", "vgg_from_file",
+    "adain_indices", "classify_state_dict", "convert", "decoder_from_content", "decoder_from_file", "load_decoder",
+    "load_vgg", "port_adain_decoder", "port_adain_vgg", "port_keras", "port_torchvision", "read_state_dict",
+    "read_weights", "state_dict_kind", "torchvision_indices", "vgg_from_file",
 ]

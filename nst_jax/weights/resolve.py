@@ -20,7 +20,7 @@ import numpy as np
 
 from nst_jax import vgg
 from nst_jax.errors import WeightsError
-from nst_jax.weights.ports import load_vgg, read_weights
+from nst_jax.weights.ports import decoder_from_content, load_decoder, load_vgg, read_weights, state_dict_kind
 from nst_jax.weights.registry import REGISTRY
 
 # A config's vgg_weights "random[:SPEC]" builds a seeded random encoder (tests only).
@@ -69,11 +69,38 @@ def decoder_pairs_with(src: str | Path) -> str:
             what, content = read_weights(path)
         except WeightsError:
             return "adain"  # the decoder loader has already accepted the file; let it be judged there
-        if what == "npz-adain_decoder":
-            meta = content[1] if isinstance(content, tuple) else {}
-            if isinstance(meta, dict) and meta.get("vgg_weights"):
-                return str(meta["vgg_weights"])
+        return _pairs_with(what, content)
     return "adain"
+
+
+def _pairs_with(what: str, content: Any) -> str:
+    if what == "npz-adain_decoder":
+        meta = content[1] if isinstance(content, tuple) else {}
+        if isinstance(meta, dict) and meta.get("vgg_weights"):
+            return str(meta["vgg_weights"])
+    return "adain"
+
+
+def read_decoder(src: str | Path, state_dict: Any = None) -> tuple[Any, dict]:
+    """AdaIN decoder weights and the training config they imply, each file read once.
+
+    Args:
+      src: "adain" (pytorch-AdaIN's released decoder), a registry name, `decoder.pth` or a converted `.npz`.
+      state_dict: the file's state_dict when the caller has already read it (`read_state_dict`).
+
+    Returns:
+      (params, {"model": "adain", "vgg_weights": the encoder they pair with}).
+
+    Raises:
+      WeightsError: as `load_decoder`.
+      DownloadError: a registry file is not cached and cannot be fetched.
+    """
+    path = Path(src)
+    if not path.is_file():  # a registry name (a missing file: the loader says so)
+        return load_decoder(src), {"model": "adain", "vgg_weights": "adain"}
+    what, content = ((state_dict_kind(path, state_dict), state_dict) if state_dict is not None
+                     else read_weights(path))
+    return decoder_from_content(path, what, content), {"model": "adain", "vgg_weights": _pairs_with(what, content)}
 
 
 def encoder_identity(name: str) -> str | None:
@@ -120,4 +147,4 @@ def paired_encoder(pairs_with: str, given: str | Path | None, origin: str,
 
 
 __all__ = ["RANDOM_VGG", "decoder_pairs_with", "encoder_identity", "load_encoder", "paired_encoder",
-           "random_encoder"]
+           "random_encoder", "read_decoder"]
