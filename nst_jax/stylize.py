@@ -418,7 +418,7 @@ _JITTED: dict[tuple[str, str], Any] = {}
 def _jitted(family: models.Family, what: str, build: Any = None) -> Any:
     """One jitted copy of each family function per process (static identity as a static argument); with
     `build`, the program `build(family)` composed over the family's functions, cached under `what` (e.g.
-    `nst_jax.temporal`'s smoothed pass)."""
+    `nst_jax.smoothing`'s smoothed pass)."""
     key = (family.name, what)
     if key not in _JITTED:
         fn = getattr(family, what) if build is None else build(family)

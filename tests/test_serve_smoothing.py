@@ -15,13 +15,13 @@ import jax
 import numpy as np
 import pytest
 
-from nst_jax import temporal as T
 from nst_jax.demo import sample_image
 from nst_jax.serve import protocol
 from nst_jax.serve.app import LiveServer, ServerConfig
 from nst_jax.serve.batcher import MAX_SMOOTHING, Batcher, Job, parse_smoothing, stack_conditions
 from nst_jax.serve.styles import StyleLibrary, builtin_patterns, fill_library
 from nst_jax.serve.testing import ServerThread, jpeg
+from nst_jax.smoothing import StatForward, StatSmoother
 
 SIZE = 32
 FRAMES = 8
@@ -72,11 +72,11 @@ def test_smoothing_moves_a_jittered_still_toward_the_smoothed_output(model, cond
     plain = run_stream(batcher, frames, condition, 0.0)
     got = run_stream(batcher, frames, condition, 0.8)
     # What the smoothing should give: the stream's statistics through `StatSmoother`, then rendered.
-    sf = T.StatForward(model)
+    sf = StatForward(model)
     cond = stack_conditions([condition], FRAMES)
     alpha = np.ones((FRAMES,), np.float32)
     aux, own = sf.analyse(frames, cond, alpha)
-    expect = np.asarray(sf.render(aux, cond, alpha, T.StatSmoother(0.8)(own)))
+    expect = np.asarray(sf.render(aux, cond, alpha, StatSmoother(0.8)(own)))
     np.testing.assert_allclose(got, expect, atol=2e-5)
     np.testing.assert_allclose(got[0], plain[0], atol=2e-5)  # the first frame has no past
     # Much closer to the smoothed output than the per-frame one is. (Not steadier: on this stream, noise and a
@@ -125,12 +125,12 @@ def test_masked_streams_smooth_each_region(model, condition):
         alone = model.stylize_masked_conditions(f[None], conds, mask[None], np.ones((1,), np.float32))
         assert np.array_equal(g.view(np.uint32), np.asarray(alone)[0].view(np.uint32))
     got = stream(0.8)
-    sf = T.StatForward(model)
+    sf = StatForward(model)
     cond_n = jax.tree.map(lambda v: np.repeat(v, FRAMES, axis=0), conds)
     masks_n, alpha = np.repeat(mask[None], FRAMES, axis=0), np.ones((FRAMES,), np.float32)
     aux, own = sf.analyse(frames, cond_n, alpha, masks_n)
     assert own.mean.shape == (FRAMES, 2, 512)  # per region
-    expect = np.asarray(sf.render(aux, cond_n, alpha, T.StatSmoother(0.8)(own), masks_n))
+    expect = np.asarray(sf.render(aux, cond_n, alpha, StatSmoother(0.8)(own), masks_n))
     np.testing.assert_allclose(got, expect, atol=2e-5)
     assert np.abs(got[1:] - plain[1:]).mean() > 1e-3
     # The same stream without its mask: whole-image statistics, a fresh state (its first frame is its own).

@@ -17,7 +17,8 @@ from nst_jax import cli
 from nst_jax import video as V
 from nst_jax import video_writer as VW
 from nst_jax.demo import sample_image
-from nst_jax.temporal import DEFAULT_STRENGTH, synthetic_clip
+from nst_jax.smoothing import DEFAULT_STRENGTH
+from nst_jax.synthetic import synthetic_clip
 
 av = pytest.importorskip("av")
 
@@ -396,9 +397,10 @@ def test_statistic_smoothing_of_instance_norm_networks(files, model, request):
     import jax
     import jax.numpy as jnp
 
-    from nst_jax import temporal as T
+    from nst_jax.flicker import ssim
+    from nst_jax.smoothing import StatForward, StatSmoother
     st = request.getfixturevalue("cin_model" if model == "multistyle26" else "arbitrary_model")
-    sf = T.StatForward(st)
+    sf = StatForward(st)
     x = jnp.asarray(files["frames"][:4])
     a = jnp.ones((4,), jnp.float32)
     if model == "multistyle26":
@@ -415,12 +417,12 @@ def test_statistic_smoothing_of_instance_norm_networks(files, model, request):
     np.testing.assert_allclose(np.asarray(ref), st.stylize(files["frames"][:4], [3 if model == "multistyle26"
                                                           else load_image(files["dir"] / "style.png", size=64)]),
                                atol=2e-5)
-    zero, _ = forward(T.StatSmoother(0.0)(own))
+    zero, _ = forward(StatSmoother(0.0)(own))
     np.testing.assert_allclose(np.asarray(zero), np.asarray(ref), atol=1e-5)
-    smoothed, _ = forward(T.StatSmoother(0.5, cut_ratio=1e9)(own))
+    smoothed, _ = forward(StatSmoother(0.5, cut_ratio=1e9)(own))
     smoothed, ref, zero = np.asarray(smoothed), np.asarray(ref), np.asarray(zero)
     assert np.array_equal(smoothed[0], zero[0])  # the first frame has no past: its own statistics
     assert np.abs(smoothed[1:] - ref[1:]).max() > 1e-3
     # Measured on this clip: CIN's SSIM to per-frame falls to ~0.77 by the fourth frame (its small expand
     # layers are sensitive to borrowed statistics), the arbitrary network's stays above 0.99.
-    assert T.ssim(smoothed, ref).min() > (0.7 if model == "multistyle26" else 0.97)
+    assert ssim(smoothed, ref).min() > (0.7 if model == "multistyle26" else 0.97)

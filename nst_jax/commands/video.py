@@ -30,7 +30,7 @@ examples:
 """
 
 
-# nst_jax.temporal's DEFAULT_STRENGTH and CUT_RATIO, repeated so that `--help` imports no jax (a test checks that
+# nst_jax.smoothing's DEFAULT_STRENGTH and CUT_RATIO, repeated so that `--help` imports no jax (a test checks that
 # they agree).
 DEFAULT_STRENGTH = 0.5
 CUT_RATIO = 2.2
@@ -206,20 +206,20 @@ def frame_function(st: Any, args: argparse.Namespace, styles: list, weights: lis
 def _stabilised(st: Any, args: argparse.Namespace, styles: list, weights: list[float] | None,
                 masks: list | None, hw: tuple[int, int], want_reference: bool) -> FrameFn:
     """Any family with the statistics seam: its normalisation statistics smoothed across frames
-    (`temporal.StatForward.smooth`: AdaIN's relu4_1 in one pass, the instance norms of CIN and the arbitrary
+    (`smoothing.StatForward.smooth`: AdaIN's relu4_1 in one pass, the instance norms of CIN and the arbitrary
     network in two)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    from nst_jax import color, temporal
+    from nst_jax import color, smoothing
     from nst_jax.errors import NstError
     from nst_jax.image import masks_to_grid
 
     if st.family.stats_forward is None:
         raise NstError(f"--stabilize is not available for a {st.family.name} model; use --stabilize 0")
-    sf = temporal.StatForward(st)
-    smoother = temporal.StatSmoother(args.stabilize, args.scene_cut)
+    sf = smoothing.StatForward(st)
+    smoother = smoothing.StatSmoother(args.stabilize, args.scene_cut)
     conds = [st.condition(s) for s in styles]
     if masks is None:
         cond, grid = st.blend(conds, weights), None
@@ -291,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from nst_jax import temporal
+    from nst_jax import flicker, flow
     from nst_jax.commands.stylize import check_styles, load_stylizer
     from nst_jax.files import atomic_write
     from nst_jax.runtime import tune_allocator
@@ -314,8 +314,8 @@ def run(args: argparse.Namespace) -> int:
     if args.stabilize is None:
         args.stabilize = family_default_strength(st.family)
     frames_fn = frame_function(st, args, styles, weights, masks, (h, w), args.report is not None)
-    blender = temporal.FlowBlender(args.flow_blend) if args.flow_blend > 0 else None
-    meter = temporal.FlickerMeter() if args.report is not None else None
+    blender = flow.FlowBlender(args.flow_blend) if args.flow_blend > 0 else None
+    meter = flicker.FlickerMeter() if args.report is not None else None
     stabilised = args.stabilize > 0 or blender is not None
 
     def prepare(frames_u8: Any) -> Any:
@@ -416,5 +416,5 @@ def run(args: argparse.Namespace) -> int:
             **meter.report(),
         }
         atomic_write(args.report, json.dumps(report, indent=2) + "\n", overwrite=args.overwrite)
-        print(f"{args.report}: {temporal.describe(report)}", file=sys.stderr)
+        print(f"{args.report}: {flicker.describe(report)}", file=sys.stderr)
     return 0

@@ -20,7 +20,7 @@ family's functions are specialised on, e.g. the encoder's `VGGSpec` for AdaIN):
   returns, e.g. smoothed across video frames) it uses them instead of its own. Stats are a pytree of per-layer
   `MeanVar`s, (mean, var) tuples or {"mean", "var"} dicts with a leading axis N (AdaIN: the content's relu4_1
   `MeanVar`, (N, 1, 1, 512) each, or (N, K, 512) per region with masks; CIN and arbitrary: every instance norm).
-  Video stabilisation and the live page's smoothing are written once on top of it (`nst_jax.temporal`). None:
+  Video stabilisation and the live page's smoothing are written once on top of it (`nst_jax.smoothing`). None:
   the family cannot smooth its statistics (`nst-jax video --stabilize` then asks for 0).
 - `video_strength`: `nst-jax video --stabilize`'s default for the family (0: per-frame unless asked).
 - `caps`: what it can do (style images or a fixed table, alpha, masks, colour modes), so the command line and

@@ -7,7 +7,7 @@ makes one jitted call with per-image style conditions and alpha. Frame sizes and
 warmed at start, so no frame ever waits on a compilation.
 
 Smoothing (the page's slider): a job with `smoothing` > 0 is stylized with its stream's normalisation statistics
-smoothed across frames (`nst_jax.temporal`: the exponential moving average of the content statistics, reset at
+smoothed across frames (`nst_jax.smoothing`: the exponential moving average of the content statistics, reset at
 scene cuts), one state per stream (per client), kept in the batcher and dropped when the client leaves or turns
 smoothing off. Smoothed and plain frames go in separate calls, so strength 0 is the exact per-frame output. The
 smoothed programs compile on the first smoothed frame of each shape (not warmed at start).
@@ -219,7 +219,7 @@ class Batcher:
     def _stat_model(self) -> Any:
         if self._stat_forward is None:
             from nst_jax.errors import NstError
-            from nst_jax.temporal import StatForward
+            from nst_jax.smoothing import StatForward
 
             try:
                 self._stat_forward = StatForward(self.model)
@@ -254,7 +254,7 @@ class Batcher:
     def _call_smoothed(self, jobs: Sequence[Job], content: np.ndarray, condition: Condition,
                        alpha: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
         """Analyse the batch, smooth each frame's statistics with its stream's state, render."""
-        from nst_jax.temporal import smooth_frame
+        from nst_jax.smoothing import smooth_frame
 
         n = len(jobs)
         sf = self._stat_model()
