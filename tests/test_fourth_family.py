@@ -15,14 +15,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-import toy_family as toy
 
 import helpers
+import toy_family as toy
 from nst_jax import cli, models
-from nst_jax import temporal as T
 from nst_jax.models.open import Loaded
 from nst_jax.serve.batcher import Batcher, Job, stack_conditions
+from nst_jax.smoothing import StatForward, StatSmoother
 from nst_jax.stylize import Stylizer
+from nst_jax.synthetic import synthetic_clip
 
 H, W = 24, 32
 
@@ -127,11 +128,11 @@ def test_live_batcher_smooths_the_toy(stylizer):
         alone = np.asarray(st.stylize_conditions(f[None], stack_conditions([cond], 1), np.ones((1,), np.float32)))
         np.testing.assert_array_equal(g, alone[0])
     got = _run(batcher, frames, cond, 0.8)
-    sf = T.StatForward(st)
+    sf = StatForward(st)
     cond_n, alpha = stack_conditions([cond], FRAMES), np.ones((FRAMES,), np.float32)
     aux, own = sf.analyse(frames, cond_n, alpha)
     assert own["norm"].mean.shape == (FRAMES, 1, 1, toy.WIDTH)
-    expect = np.asarray(sf.render(aux, cond_n, alpha, T.StatSmoother(0.8)(own)))
+    expect = np.asarray(sf.render(aux, cond_n, alpha, StatSmoother(0.8)(own)))
     np.testing.assert_allclose(got, expect, atol=2e-5)
     np.testing.assert_allclose(got[0], plain[0], atol=2e-5)  # the first frame has no past
     assert np.abs(got[1:] - plain[1:]).mean() > 1e-4
@@ -143,7 +144,7 @@ def test_live_batcher_smooths_the_toy(stylizer):
     cn = jax.tree.map(lambda v: np.repeat(v, FRAMES, axis=0), conds)
     mn = np.repeat(mask[None], FRAMES, axis=0)
     aux, own = sf.analyse(frames, cn, alpha, mn)
-    np.testing.assert_allclose(masked, np.asarray(sf.render(aux, cn, alpha, T.StatSmoother(0.8)(own), mn)),
+    np.testing.assert_allclose(masked, np.asarray(sf.render(aux, cn, alpha, StatSmoother(0.8)(own), mn)),
                                atol=2e-5)
 
 
@@ -219,7 +220,7 @@ def test_video_stabilized_from_the_workdir(workdir, tmp_path, capsys):
     from nst_jax.demo import sample_image
 
     n = 6
-    clip = T.synthetic_clip(sample_image("coffee", 128)[0], n, (H, W), "pan")
+    clip = synthetic_clip(sample_image("coffee", 128)[0], n, (H, W), "pan")
     src, out, report = tmp_path / "clip.mp4", tmp_path / "out.mp4", tmp_path / "flicker.json"
     write_clip(src, clip.frames, audio=False)
     argv = ["video", str(src), "--model", str(workdir), "-s", "1", "--content-size", "0", "--stabilize", "0.5",
