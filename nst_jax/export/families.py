@@ -70,7 +70,7 @@ def cin_graph(params: Mapping[str, Any], spec: Any, *, weights: np.ndarray | Non
     """The CIN transformer as an ONNX graph.
 
     Args:
-      params: the tree of `cin.expected_shapes(spec)`.
+      params: the tree of `cin_spec.expected_shapes(spec)`.
       spec: its `TransformerSpec`.
       weights: None for a `style_weights` (N, S) input, or a baked (S,) weight vector.
       layout: "NCHW" or "NHWC" for the image input and output.
@@ -79,7 +79,7 @@ def cin_graph(params: Mapping[str, Any], spec: Any, *, weights: np.ndarray | Non
     Returns:
       The graph: inputs "image" [and "style_weights"], output "stylized".
     """
-    from nst_jax.models import cin
+    from nst_jax.models.cin import spec as cin_spec
 
     g = Graph(f"nst_jax_cin_{spec.name}")
     x, dims = _image_in(g, "image", layout, size)
@@ -91,8 +91,8 @@ def cin_graph(params: Mapping[str, Any], spec: Any, *, weights: np.ndarray | Non
     h, hw, pdims = g.pad_to_multiple(x, spec.size_multiple, dims)
     h = g.scale(h, spec.value_range)
     skip = None
-    for layer in cin.layers(spec):
-        p = cin._get(params, layer.path)
+    for layer in cin_spec.layers(spec):
+        p = cin_spec._get(params, layer.path)
         if layer.path[0] == "residual" and layer.path[2] == "0":
             skip = h
         h = g.upsample(h, layer.upsample)
