@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from nst_jax import ops
+from nst_jax.convs import DN, area, depth_to_space, moments, space_to_depth
 from nst_jax.models import blend_conditions
 from nst_jax.models.arbitrary.params import (
     BOTTLENECK,
@@ -21,7 +22,7 @@ from nst_jax.models.arbitrary.params import (
     NormStats,
     style_param,
 )
-from nst_jax.models.arbitrary.predictor import _DN, _row, _vector, moments
+from nst_jax.models.arbitrary.predictor import _row, _vector
 from nst_jax.typing import Array, Params
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -37,19 +38,6 @@ def _conv_reflect(x: Array, layer: Mapping[str, Array]) -> Array:
         y = ops.conv2d(x, kernel, None, "reflect")
     bias = layer.get("bias")
     return y if bias is None else y + _row(bias, 4)
-
-
-def space_to_depth(x: Array, s: int) -> Array:
-    """(N, H, W, C) -> (N, H/s, W/s, s*s*C), channel index (row phase * s + column phase) * C + c."""
-    n, h, w, c = x.shape
-    return x.reshape(n, h // s, s, w // s, s, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, h // s, w // s, s * s * c)
-
-
-def depth_to_space(x: Array, s: int) -> Array:
-    """The inverse of `space_to_depth`."""
-    n, h, w, cs = x.shape
-    c = cs // (s * s)
-    return x.reshape(n, h, w, s, s, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, h * s, w * s, c)
 
 
 def space_to_depth_kernel(kernel: Array, s: int) -> Array:
@@ -84,7 +72,7 @@ def _conv_blocks(x: Array, kernel: Array) -> Array:
     k = space_to_depth_kernel(kernel, 2)
     kp = k.shape[0]
     # SAME on the blocks, then the valid part (as ops.conv2d does: XLA's SAME convolutions are the fast ones)
-    y = lax.conv_general_dilated(space_to_depth(xp, 2), k, (1, 1), "SAME", dimension_numbers=_DN)
+    y = lax.conv_general_dilated(space_to_depth(xp, 2), k, (1, 1), "SAME", dimension_numbers=DN)
     lo = (kp - 1) // 2
     return depth_to_space(y[:, lo:lo + h // 2, lo:lo + w // 2, :], 2)
 
@@ -99,19 +87,11 @@ def _conv_reflect_s2(x: Array, layer: Mapping[str, Array]) -> Array:
     k = layer["kernel"].shape[0]
     xp = jnp.pad(x, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)), mode="reflect")
     if h % 2 == 0 and w % 2 == 0 and k == 3:
-        y = lax.conv_general_dilated(xp, layer["kernel"], (2, 2), "SAME", dimension_numbers=_DN)
+        y = lax.conv_general_dilated(xp, layer["kernel"], (2, 2), "SAME", dimension_numbers=DN)
         y = y[:, :h // 2, :w // 2, :]
     else:
-        y = lax.conv_general_dilated(xp, layer["kernel"], (2, 2), "VALID", dimension_numbers=_DN)
+        y = lax.conv_general_dilated(xp, layer["kernel"], (2, 2), "VALID", dimension_numbers=DN)
     return y + _row(layer["bias"], 4)
-
-
-def _area(x: Array, factor: int) -> Array:
-    """Mean over factor x factor blocks (sizes are multiples of `factor`): a mask or map on a layer's grid."""
-    if factor == 1:
-        return x
-    n, h, w, c = x.shape
-    return jnp.mean(x.reshape(n, h // factor, factor, w // factor, factor, c), axis=(2, 4))
 
 
 def _project(proj: Mapping[str, Array], v: Array) -> Array:
@@ -149,7 +129,7 @@ class _Conditioning:
         """
         proj = style_param(params, layer)
         if self.kind == "map":
-            v = _area(self.vectors, NORM_FACTORS[layer])
+            v = area(self.vectors, NORM_FACTORS[layer])
             s = _project(proj["gamma"], v) * lax.rsqrt(var + EPS)
             return s, _project(proj["beta"], v) - mean * s
         n, c = mean.shape[0], mean.shape[-1]
@@ -166,7 +146,7 @@ class _Conditioning:
         s, t = jnp.stack(ss, axis=1), jnp.stack(ts, axis=1)
         if self.kind == "vector":
             return s.reshape(n, 1, 1, c), t.reshape(n, 1, 1, c)
-        m = _area(self.masks, NORM_FACTORS[layer])
+        m = area(self.masks, NORM_FACTORS[layer])
 
         def mix(a: Array) -> Array:
             # sum_k m_k * a_k in a fixed order: a weight of exactly 1 (and the others 0) gives a_k exactly

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from nst_jax.convs import DN, moments
 from nst_jax.models.arbitrary.params import (
     EPS,
     MOBILENET_BLOCKS,
@@ -23,13 +24,10 @@ from nst_jax.typing import Array, Params
 # ---------------------------------------------------------------------------------------------------------------
 # Style predictor
 
-_DN = ("NHWC", "HWIO", "NHWC")
-
-
 def _conv_same(x: Array, layer: Mapping[str, Array], stride: int = 1) -> Array:
     # TensorFlow's SAME padding (lax's "SAME" is the same rule: the odd pixel goes at the end), as the
     # tf2onnx graph's explicit pads [0, 0, 1, 1] at stride 2 on even sizes.
-    y = lax.conv_general_dilated(x, layer["kernel"], (stride, stride), "SAME", dimension_numbers=_DN)
+    y = lax.conv_general_dilated(x, layer["kernel"], (stride, stride), "SAME", dimension_numbers=DN)
     return y + _row(layer["bias"], 4)
 
 
@@ -111,13 +109,6 @@ def style_vector(params: Params, images: Array) -> Array:
     """`predict` of `preprocess_style(images)`: what a style image (or, for strength, the content) becomes."""
     return predict(params, preprocess_style(images))
 
-
-
-def moments(x: Array) -> tuple[Array, Array]:
-    """Per-image, per-channel mean and biased variance over the spatial axes (tf.nn.moments): (N, 1, 1, C) each."""
-    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
-    var = jnp.mean(jnp.square(x - mean), axis=(1, 2), keepdims=True)
-    return mean, var
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from nst_jax.convs import DN, area, depth_to_space, space_to_depth
 from nst_jax.models import blend_conditions
 from nst_jax.models.cin.spec import (
     Layer,
@@ -23,9 +24,6 @@ from nst_jax.models.cin.spec import (
     spec_from_config,
 )
 from nst_jax.typing import Array, Params
-
-DN = ("NHWC", "HWIO", "NHWC")
-
 
 # ----------------------------------------------------------------------------------------------------
 # Primitives. XLA's CPU convolutions run small channel counts far below the machine's peak, so the fast walk
@@ -69,17 +67,6 @@ def _upsample(x: Array, factor: int) -> Array:
 # (2 * a + b) * C + c for the pixel (2i + a, 2j + b) (space-to-depth).
 
 
-def _s2d(x: Array) -> Array:
-    n, h, w, c = x.shape
-    return x.reshape(n, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, h // 2, w // 2, 4 * c)
-
-
-def _d2s(y: Array) -> Array:
-    n, h, w, c4 = y.shape
-    c = c4 // 4
-    return y.reshape(n, h, w, 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c)
-
-
 def _s2d_kernel(kernel: Array) -> Array:
     """A stride-1 k x k kernel (HWIO) as a (k//2 + 1)-square kernel from input phases to output phases.
 
@@ -105,7 +92,7 @@ def _conv_s2d(x: Array, kernel: Array, bias: Array | None) -> Array:
     # the phases already give 4x the channels: padding 3 to 4 first measured slower here
     xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
     # (h + 2p) / 2 phase rows through k // 2 + 1 taps: exactly h / 2 output phase rows
-    y = lax.conv_general_dilated(_s2d(xp), _s2d_kernel(kernel), (1, 1), "VALID", dimension_numbers=DN)
+    y = lax.conv_general_dilated(space_to_depth(xp, 2), _s2d_kernel(kernel), (1, 1), "VALID", dimension_numbers=DN)
     return y if bias is None else y + jnp.tile(bias, 4).reshape(1, 1, 1, -1)
 
 
@@ -140,15 +127,6 @@ def _moments(y: Array, groups: int = 1) -> tuple[Array, Array]:
     mean = jnp.mean(y5, axis=(1, 2, 3), keepdims=True)
     var = jnp.mean(jnp.square(y5 - mean), axis=(1, 2, 3), keepdims=True)
     return mean.reshape(n, 1, 1, c // groups), var.reshape(n, 1, 1, c // groups)
-
-
-def _pool_maps(maps: Array, h: int, w: int) -> Array:
-    """Per-pixel weights (N, Hp, Wp, S) averaged down to a layer's (h, w) grid (exact integer factors)."""
-    n, hp, wp, s = maps.shape
-    if (hp, wp) == (h, w):
-        return maps
-    fh, fw = hp // h, wp // w
-    return maps.reshape(n, h, fh, w, fw, s).mean(axis=(2, 4))
 
 
 def _small(layer: Layer) -> bool:
@@ -210,10 +188,10 @@ def apply(params: Mapping[str, Any], x: Array, weights: Array, spec: Transformer
             r = jnp.dot(weights, table)[:, None, None, :]
             return jnp.tile(r, (1, 1, 1, 4)) if phased else r
         if grid not in maps_cache:
-            maps_cache[grid] = _pool_maps(weights, *grid)
+            maps_cache[grid] = area(weights, weights.shape[1] // grid[0])
         wm = maps_cache[grid]
         if phased:
-            wm = _s2d(wm)
+            wm = space_to_depth(wm, 2)
             nn_, hh, ww, _ = wm.shape
             r = jnp.einsum("nhwps,sc->nhwpc", wm.reshape(nn_, hh, ww, 4, -1), table)
             return r.reshape(nn_, hh, ww, 4 * table.shape[1])
@@ -227,10 +205,10 @@ def apply(params: Mapping[str, Any], x: Array, weights: Array, spec: Transformer
         kernel, bias = p["kernel"], p.get("bias") if spec.conv_bias else None
         if layer.path[0] == "residual" and layer.path[2] == "0":
             if phased:
-                h, phased = _d2s(h), False
+                h, phased = depth_to_space(h, 2), False
             skip = h
         if phased:
-            h, phased = _d2s(h), False
+            h, phased = depth_to_space(h, 2), False
         even = h.shape[1] % 2 == 0 and h.shape[2] % 2 == 0
         if fast and layer.upsample == 2 and layer.kernel == 3 and layer.stride == 1:
             h, phased = _upsample_conv_phases(h, kernel, bias), True
@@ -258,10 +236,10 @@ def apply(params: Mapping[str, Any], x: Array, weights: Array, spec: Transformer
             h = jax.nn.relu(h)
         if layer.path[0] == "residual" and layer.path[2] == "1":
             if phased:
-                h, phased = _d2s(h), False
+                h, phased = depth_to_space(h, 2), False
             h = h + skip
     if phased:
-        h = _d2s(h)
+        h = depth_to_space(h, 2)
     if spec.output == "sigmoid":
         y = jax.nn.sigmoid(h)
     else:
