@@ -57,7 +57,7 @@ def transformer_flops(h: int, w: int) -> float:
 
 def predictor_flops(h: int, w: int) -> float:
     """Floating-point operations of the MobileNetV2 predictor (and bottleneck) at h x w."""
-    from nst_jax.models.arbitrary import BOTTLENECK, MOBILENET_BLOCKS, MOBILENET_LAST, MOBILENET_STEM
+    from nst_jax.models.arbitrary.params import BOTTLENECK, MOBILENET_BLOCKS, MOBILENET_LAST, MOBILENET_STEM
 
     hh, ww = -(-h // 2), -(-w // 2)
     f = 2.0 * 9 * 3 * MOBILENET_STEM * hh * ww

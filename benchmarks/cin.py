@@ -12,7 +12,7 @@ per round, the order rotating):
 Then Magenta's full-width network (32/64/128, five residual blocks) on random weights at 256 and 512 px, ours
 only (no independent runtime holds that network).
 
-Achieved GFLOP/s count the plain network's convolutions (`cin.flops`). The LAST line is the median over every
+Achieved GFLOP/s count the plain network's convolutions (`cin_spec.flops`). The LAST line is the median over every
 round of every multistyle26 configuration of (ours / onnxruntime); the issue's goal is <= 1.0.
 
 Both run under the same allocator settings (`benchmarks/common.py` re-execs with them;
@@ -87,6 +87,7 @@ def main() -> None:
     import onnxruntime as ort
 
     from nst_jax.models import cin
+    from nst_jax.models.cin import spec as cin_spec
     from nst_jax.weights.cin_ports import find_multistyle26, load_multistyle26
 
     path = Path(args.onnx) if args.onnx else find_multistyle26()
@@ -141,7 +142,7 @@ def main() -> None:
             cpu: dict[str, list[float]] = {}
             times = interleave(fns, args.repeats, warmup=1, budget_s=args.budget_s, cpu_times=cpu)
             ratios += [a / b for a, b in zip(times["ours"], times["onnxruntime"], strict=True)]
-            gf = cin.flops(spec, size, size) * batch / 1e9
+            gf = cin_spec.flops(spec, size, size) * batch / 1e9
             med = {k: statistics.median(v) for k, v in times.items()}
             print(f"\n== multistyle26 {size}x{size}, batch {batch}: {gf:.1f} GFLOP; first call (compile) "
                   f"{compile_s:.1f} s; max |ours - onnxruntime| {diff:.1e}; {machine_note()}")
@@ -176,7 +177,7 @@ def main() -> None:
             fns["magenta ours"]()
             compile_s = time.perf_counter() - t0
             times = interleave(fns, args.repeats, warmup=1, budget_s=args.budget_s)
-            gf = cin.flops(mspec, size, size) / 1e9
+            gf = cin_spec.flops(mspec, size, size) / 1e9
             print(f"\n== Magenta standard network (32 styles, random weights) {size}x{size}, batch 1: {gf:.1f} "
                   f"GFLOP; first call (compile) {compile_s:.1f} s; {machine_note()}")
             print(summarize(times))

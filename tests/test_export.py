@@ -17,6 +17,7 @@ pytest.importorskip("onnx")
 from nst_jax import cli  # noqa: E402
 from nst_jax.export import build, export_stylizer, read_convention, style_encoder_path  # noqa: E402
 from nst_jax.models import cin  # noqa: E402
+from nst_jax.models.cin import spec as cin_spec  # noqa: E402
 from nst_jax.models.open import Loaded  # noqa: E402
 from nst_jax.stylize import Stylizer  # noqa: E402
 
@@ -109,16 +110,16 @@ def _any_spec_stylizer() -> Stylizer:
                                final_norm=False, value_range=255.0, output="clip")
     rng = np.random.default_rng(2)
     params: dict = {}
-    for layer in cin.layers(spec):
+    for layer in cin_spec.layers(spec):
         fan_in = layer.kernel * layer.kernel * layer.cin
         entry = {"kernel": rng.normal(0, np.sqrt(2 / fan_in), (layer.kernel, layer.kernel, layer.cin, layer.cout)),
                  "bias": rng.normal(0, 0.1, (layer.cout,))}
         if layer.norm:  # random rows, so that every table matters
             entry["norm"] = {"gamma": 1 + rng.normal(0, 0.3, (3, layer.cout)),
                              "beta": rng.normal(0, 0.3, (3, layer.cout))}
-        cin._set(params, layer.path, entry)
+        cin_spec._set(params, layer.path, entry)
     params = jax.tree.map(lambda v: np.asarray(v, np.float32), params)
-    cin.check_params(params, spec)
+    cin_spec.check_params(params, spec)
     return Stylizer(Loaded(cin.FAMILY, params, {}, spec))
 
 

@@ -27,6 +27,7 @@ from onnx import helper, numpy_helper  # noqa: E402
 
 from nst_jax.errors import WeightsError  # noqa: E402
 from nst_jax.models import arbitrary as A  # noqa: E402
+from nst_jax.models.arbitrary import params as A_params  # noqa: E402
 from nst_jax.weights import magenta_arbitrary as M  # noqa: E402
 
 STYLES = ("immunohistochemistry", "hubble_deep_field", "colorwheel")  # colourful, painting-like textures
@@ -361,7 +362,7 @@ def test_norm_stats_round_trip(params, small):
     v = cond["vector"][0:1]
     returning = jax.jit(lambda p, c, v: A.transform(p, c, v, return_stats=True))
     out, stats = returning(params, content, v)
-    assert set(stats) == set(A.NORM_LAYERS)
+    assert set(stats) == set(A_params.NORM_LAYERS)
     assert stats["residual/residual1/conv1"][0].shape == (1, 1, 1, 32)
     assert stats["expand/conv3"][1].shape == (1, 1, 1, 3)
     with_stats = jax.jit(lambda p, c, v, s: A.transform(p, c, v, norm_stats=s))
@@ -377,9 +378,9 @@ def test_norm_stats_round_trip(params, small):
 
 def test_init_params_has_the_port_structure(params):
     rand = A.init_params(jax.random.key(0))
-    assert A.tree_shapes(rand) == A.tree_shapes(params)
-    assert A.tree_shapes(jax.eval_shape(lambda k: A.init_params(k, {"width": 0.25}), jax.random.key(1))) == \
-        A.tree_shapes(params)
+    assert A_params.tree_shapes(rand) == A_params.tree_shapes(params)
+    assert A_params.tree_shapes(jax.eval_shape(lambda k: A.init_params(k, {"width": 0.25}), jax.random.key(1))) == \
+        A_params.tree_shapes(params)
     out = jax.jit(A.transform)(rand, jnp.full((1, 21, 34, 3), 0.5), jax.random.normal(jax.random.key(2), (1, 100)))
     assert out.shape == (1, 21, 34, 3) and bool(jnp.all(jnp.isfinite(out)))
     assert A.FAMILY.name == "arbitrary" and A.CAPS.style_images and A.CAPS.masks

@@ -15,6 +15,7 @@ import pytest
 
 from nst_jax.errors import WeightsError
 from nst_jax.models import cin
+from nst_jax.models.cin import spec as cin_spec
 from nst_jax.weights import cin_ports
 from nst_jax.weights.onnx import read_onnx, read_onnx_initializers
 
@@ -73,21 +74,21 @@ def ms26():
 
 def test_magenta_standard_network_has_1_68_m_parameters():
     spec = cin.preset("magenta", 1)
-    n = cin.count_params(spec)
+    n = cin_spec.count_params(spec)
     assert round(n / 1e6, 2) == 1.68, n
     params = jax.eval_shape(lambda k: cin.init_params(k, spec), jax.random.key(0))  # shapes only
     assert sum(a.size for a in jax.tree.leaves(params)) == n
     # the tables grow by 2 * (sum of normalised channels) per style
     per_style = 2 * (32 + 64 + 128 + 10 * 128 + 64 + 32 + 3)
-    assert cin.count_params(spec.with_styles(32)) - n == 31 * per_style
+    assert cin_spec.count_params(spec.with_styles(32)) - n == 31 * per_style
 
 
 def test_presets_and_layouts():
     ms = cin.preset("multistyle26")
     assert ms.num_styles == 26 and ms.residual_blocks == 6 and ms.size_multiple == 4
-    assert [lay.cout for lay in cin.layers(ms) if lay.path[0] == "expand"] == [8, 4, 3]
+    assert [lay.cout for lay in cin_spec.layers(ms) if lay.path[0] == "expand"] == [8, 4, 3]
     fns = cin.preset("fast_neural_style")
-    shapes = cin.expected_shapes(fns)
+    shapes = cin_spec.expected_shapes(fns)
     assert "norm" not in shapes["expand"]["2"] and shapes["expand"]["2"]["bias"] == (3,)
     assert shapes["residual"]["4"]["1"]["norm"]["gamma"] == (1, 128)
     assert cin.TransformerSpec.from_dict(ms.to_dict()) == ms
@@ -101,16 +102,16 @@ def test_init_params_from_config_dict_and_structure_check():
     ml_collections = pytest.importorskip("ml_collections")
     config = ml_collections.ConfigDict({"model": "cin", "cin": {"preset": "multistyle26", "num_styles": 5}})
     params = cin.init_params(jax.random.key(0), config)
-    want = cin.expected_shapes(cin.preset("multistyle26", 5))
+    want = cin_spec.expected_shapes(cin.preset("multistyle26", 5))
     assert jax.tree.map(lambda a: tuple(a.shape), params) == want
     assert jax.eval_shape(lambda k: cin.init_params(k, config), jax.random.key(1))["expand"]["2"]["kernel"].shape \
         == (9, 9, 4, 3)
-    cin.check_params(params, cin.preset("multistyle26", 5))
+    cin_spec.check_params(params, cin.preset("multistyle26", 5))
     bad = jax.tree.map(lambda a: a, params)
     bad["residual"]["2"]["0"]["kernel"] = jnp.zeros((3, 3, 32, 16))
     del bad["expand"]["1"]["norm"]["beta"]
     with pytest.raises(WeightsError) as e:
-        cin.check_params(bad, cin.preset("multistyle26", 5))
+        cin_spec.check_params(bad, cin.preset("multistyle26", 5))
     msg = str(e.value)
     assert "\n" not in msg and "residual/2/0/kernel" in msg and "missing expand/1/norm/beta" in msg
 
@@ -268,7 +269,7 @@ def test_norm_stats_round_trip_and_replace(tiny_params):
     y, stats = _apply(tiny_params, x, w, TINY, return_stats=True)
     assert stats["contract"]["0"]["mean"].shape == (1, 1, 1, 8)
     assert stats["expand"]["2"]["var"].shape == (1, 1, 1, 3)
-    assert len(jax.tree.leaves(stats)) == 2 * len(cin.layers(TINY))
+    assert len(jax.tree.leaves(stats)) == 2 * len(cin_spec.layers(TINY))
     plain, plain_stats = _apply(tiny_params, x, w, TINY, return_stats=True, impl="plain")
     for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(plain_stats), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)

@@ -95,6 +95,7 @@ def test_cin_inference_programs_compile_with_the_family_options(monkeypatch):
 
     from nst_jax import stylize
     from nst_jax.models import cin
+    from nst_jax.models.cin import spec as cin_spec
 
     monkeypatch.delenv(runtime.CPU_CONVOLUTIONS_ENV, raising=False)
     assert cin.FAMILY.compiler_options == runtime.EIGEN_CONVOLUTIONS
@@ -103,4 +104,4 @@ def test_cin_inference_programs_compile_with_the_family_options(monkeypatch):
     fn = stylize._jitted(cin.FAMILY, "stylize")
     text = fn.lower(params, {}, jnp.zeros((1, 32, 32, 3)), {"weights": jnp.ones((1, 2)) / 2}, jnp.ones((1,)),
                     static=spec).compile().as_text()
-    assert _entry_ops(text).count(" convolution(") == len(cin.layers(spec)) == 18
+    assert _entry_ops(text).count(" convolution(") == len(cin_spec.layers(spec)) == 18

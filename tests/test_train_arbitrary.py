@@ -21,6 +21,8 @@ from nst_jax import train
 from nst_jax.errors import NstError
 from nst_jax.models import arbitrary as A
 from nst_jax.models import trained
+from nst_jax.models.arbitrary import params as A_params
+from nst_jax.models.arbitrary import train as A_train
 
 _flat = helpers.flat
 
@@ -51,7 +53,7 @@ def test_finetune_from_magenta_keeps_frozen_parts(image_dirs, ported, only, tmp_
     family, tuned, _ = trained.load_trained(workdir)
     old, new = _flat(ported), _flat(tuned)
     assert old.keys() == new.keys()
-    trainable = A.TRAIN_ONLY[only]
+    trainable = A_train.TRAIN_ONLY[only]
     changed = 0
     for k, a in old.items():
         if k.split("/")[0] in trainable:
@@ -81,7 +83,7 @@ def test_config_errors_name_the_key(image_dirs):
     # ... but it can learn to drive it: the transformer comes from the base, the predictor starts fresh
     c.arbitrary.train_only = "predictor"
     start = A.start_params(c, mobile)
-    assert "hidden" in start["predictor"] and start["bottleneck"]["kernel"].shape == (A.VGG_STATS_HIDDEN, 100)
+    assert "hidden" in start["predictor"] and start["bottleneck"]["kernel"].shape == (A_params.VGG_STATS_HIDDEN, 100)
     for k, a in _flat(mobile["transformer"]).items():
         np.testing.assert_array_equal(_flat(start["transformer"])[k], a)
     c.arbitrary.predictor, c.arbitrary.width = "mobilenet", 0.5
@@ -126,25 +128,25 @@ def _torch_step(torch, p, vp, content, style, static):
 
     fs = _torch_vgg16(torch, vp, style, set(static.style_taps))
     feats = []
-    for layer in A.VGG_STATS_LAYERS:
+    for layer in A_params.VGG_STATS_LAYERS:
         mean, var = moments(fs[layer])
-        feats += [mean[:, :, 0, 0], torch.sqrt(var[:, :, 0, 0] + A.EPS)]
+        feats += [mean[:, :, 0, 0], torch.sqrt(var[:, :, 0, 0] + A_params.EPS)]
     f = torch.log1p(torch.cat(feats, dim=1))
     hidden = torch.relu(f @ p["predictor"]["hidden"]["kernel"] + p["predictor"]["hidden"]["bias"])
     v = hidden @ p["bottleneck"]["kernel"] + p["bottleneck"]["bias"]
 
     def norm(h, layer):
-        q = A.style_param(p, layer)
+        q = A_params.style_param(p, layer)
         gamma = (v @ q["gamma"]["kernel"] + q["gamma"]["bias"])[:, :, None, None]
         beta = (v @ q["beta"]["kernel"] + q["beta"]["bias"])[:, :, None, None]
         mean, var = moments(h)
-        return (h - mean) / torch.sqrt(var + A.EPS) * gamma + beta
+        return (h - mean) / torch.sqrt(var + A_params.EPS) * gamma + beta
 
     t = p["transformer"]
     h = torch.relu(conv(content, t["contract"]["conv1"]))
     h = torch.relu(conv(h, t["contract"]["conv2"], stride=2))
     h = torch.relu(conv(h, t["contract"]["conv3"], stride=2))
-    for i in range(1, A.RESIDUAL_BLOCKS + 1):
+    for i in range(1, A_params.RESIDUAL_BLOCKS + 1):
         blk = t["residual"][f"residual{i}"]
         r = torch.relu(norm(conv(h, blk["conv1"]), f"residual/residual{i}/conv1"))
         h = h + norm(conv(r, blk["conv2"]), f"residual/residual{i}/conv2")

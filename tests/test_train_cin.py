@@ -17,6 +17,8 @@ import helpers
 from nst_jax import train
 from nst_jax.errors import NstError
 from nst_jax.models import cin, trained
+from nst_jax.models.cin import spec as cin_spec
+from nst_jax.models.cin import train as cin_train
 
 
 @pytest.mark.slow
@@ -214,7 +216,7 @@ def test_loss_and_grads_match_torch():
                                residual_blocks=1, expand=((6, 3, 2), (4, 3, 2), (3, 5, 1)))
     rng = np.random.default_rng(0)
     params = jax.tree.map(np.asarray, cin.init_params(jax.random.PRNGKey(1), spec))
-    for layer in cin.layers(spec):  # trained-looking tables, not 1 / 0
+    for layer in cin_spec.layers(spec):  # trained-looking tables, not 1 / 0
         q = params
         for k in layer.path:
             q = q[k]
@@ -226,13 +228,13 @@ def test_loss_and_grads_match_torch():
     content = rng.uniform(0, 1, (2, 16, 16, 3)).astype(np.float32)
     styles = rng.uniform(0, 1, (2, 16, 16, 3)).astype(np.float32)
     ids = np.array([2, 1], np.int32)  # rows; style image = row - offset
-    static = cin.CINLoss(("relu2_2",), (1.0,), ("relu1_2", "relu2_2", "relu3_3"), (1e-1, 1e-2, 1e-3), vspec,
+    static = cin_train.CINLoss(("relu2_2",), (1.0,), ("relu1_2", "relu2_2", "relu3_3"), (1e-1, 1e-2, 1e-3), vspec,
                          spec, "float32", 2, 1)
     jvp = jax.tree.map(jnp.asarray, vp)
-    grams = jax.jit(cin._style_grams, static_argnums=(2, 3))(jvp, jnp.asarray(styles), vspec, static.style_layers)
+    grams = jax.jit(cin_train._style_grams, static_argnums=(2, 3))(jvp, jnp.asarray(styles), vspec, static.style_layers)
 
     def f(p):
-        return cin.compute_loss(p, jvp, grams, jnp.asarray(content), jnp.asarray(ids), static)
+        return cin_train.compute_loss(p, jvp, grams, jnp.asarray(content), jnp.asarray(ids), static)
 
     # jitted: one program (op by op, the gradient alone compiled over 600 small ones)
     (loss, metrics), grads = jax.jit(jax.value_and_grad(f, has_aux=True))(jax.tree.map(jnp.asarray, params))

