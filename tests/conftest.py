@@ -12,22 +12,20 @@ from __future__ import annotations
 import gc
 import os
 
+import helpers
+
 # Keep the suite hermetic: no download may ever leave this machine, and caches go to a temp dir per session.
 os.environ.setdefault("NST_JAX_DEMO", "tiny")
 os.environ["NST_JAX_OFFLINE"] = "1"
 # Test inputs are tiny, so XLA's compile time dominates the suite. Set in the environment (before JAX starts), so
-# that the child processes of the command-line tests compile the same way: most optimisations off, and XLA's CPU
-# fusion emitters off (measured: a third of the compile time of a VGG step at that optimisation level).
+# that the child processes of the command-line tests compile the same way (helpers.FAST_COMPILE_FLAG).
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
-FAST_COMPILE_FLAGS = "--xla_cpu_use_fusion_emitters=false"
-if "xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAGS}".strip()
+if helpers.FAST_COMPILE_FLAG.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {helpers.FAST_COMPILE_FLAG}".strip()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
-import helpers  # noqa: E402
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 # Implicit rank promotion hides shape bugs (a (N,) against an (N, 1) broadcasts to (N, N)): make it an error.

@@ -18,6 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `configs` is a top-level folder of the repository, not part of the package
     sys.path.insert(0, str(ROOT))
 
+# The suite's compiler setting (conftest puts it in the environment): XLA's CPU fusion emitters off, about two thirds
+# less compile time for the small programs of the tests (tests/README.md). Programs compiled this way round some
+# fusions differently, so a test of bitwise identity between two different programs compiles both as users do:
+# `jax.jit(fn, compiler_options=AS_USERS)`, or a child process with `subprocess_env(..., fast_compile=False)`.
+FAST_COMPILE_FLAG = "--xla_cpu_use_fusion_emitters=false"
+AS_USERS = {"xla_cpu_use_fusion_emitters": True}
+
 # The three families' tiny recipes (configs/), and the config key that names each one's style source.
 TINY_CONFIGS = {"adain": "tiny", "cin": "tiny_cin", "arbitrary": "tiny_arbitrary"}
 STYLE_SOURCE_KEY = {"adain": "style_data", "cin": "style_images", "arbitrary": "style_data"}
@@ -54,15 +61,20 @@ def write_images(folder: Path, n: int, seed: int, size: int | tuple[int, int] = 
     return f"folder:{folder}"
 
 
-def subprocess_env(tmp_path: Path, devices: int | None = None) -> dict[str, str]:
+def subprocess_env(tmp_path: Path, devices: int | None = None, *, fast_compile: bool = True
+                   ) -> dict[str, str]:
     """The environment of a test's child process: CPU only, offline, its own weights home, this process's
     compiler settings (conftest's), and a compilation cache that the runs of one test share.
 
     Args:
       tmp_path: the test's folder; the child's `NST_JAX_HOME` and JAX cache live under it.
       devices: emulate this many CPU devices (XLA's `--xla_force_host_platform_device_count`).
+      fast_compile: keep the suite's `FAST_COMPILE_FLAG`; False compiles as users do (numerical comparisons
+        between differently built programs).
     """
     env = dict(os.environ)
+    if not fast_compile:
+        env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(FAST_COMPILE_FLAG, "").strip()
     env.update(JAX_PLATFORMS="cpu", NST_JAX_OFFLINE="1", NST_JAX_HOME=str(tmp_path / "home"),
                PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1",
                JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),

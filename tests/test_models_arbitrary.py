@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import AS_USERS
+
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
@@ -301,10 +303,11 @@ def test_blend_identities(small):
 def test_strength_identities(params, small):
     content, cond = small
     v = cond["vector"][0:1]
-    stylize = stylize_jit
+    # bitwise identities between different programs: both compiled as users compile them
+    stylize, transform_jit = (jax.jit(f, compiler_options=AS_USERS) for f in (A.stylize, A.transform))
     full = stylize(params, None, content, {"vector": v}, jnp.ones((1,)))
     np.testing.assert_array_equal(full, transform_jit(params, content, v))
-    own = jax.jit(A.style_vector)(params, content)
+    own = jax.jit(A.style_vector, compiler_options=AS_USERS)(params, content)
     none = stylize(params, None, content, {"vector": v}, jnp.zeros((1,)))
     np.testing.assert_array_equal(none, transform_jit(params, content, own))
     half = stylize(params, None, content, {"vector": v}, jnp.full((1,), 0.5))
@@ -320,8 +323,8 @@ def test_strength_identities(params, small):
 def test_masks(params, small):
     content, cond = small
     n, h, w, _ = content.shape
-    masked = jax.jit(A.stylize_masked)
-    stylize = stylize_jit
+    # bitwise identities between different programs: both compiled as users compile them
+    masked, stylize = (jax.jit(f, compiler_options=AS_USERS) for f in (A.stylize_masked, A.stylize))
     v = cond["vector"][0:1]
     ones = jnp.ones((1, h, w, 1))
     for alpha in (1.0, 0.5):

@@ -186,8 +186,9 @@ def test_sharded_over_4_devices_matches_one_device(image_dirs, tmp_path):
     script = SHARDED.format(root=str(ROOT), content=image_dirs["content"].removeprefix("folder:"),
                             style=image_dirs["style"].removeprefix("folder:"),
                             workdir=str(tmp_path / "w"))
-    out = subprocess.run([sys.executable, "-c", script], env=subprocess_env(tmp_path, devices=4), capture_output=True,
-                         text=True, timeout=300)
+    # 1 and 4 devices agree to 1e-5 with the compiler users get (fusions round differently under the suite's setting)
+    env = subprocess_env(tmp_path, devices=4, fast_compile=False)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["devices"] == 4
