@@ -197,6 +197,27 @@ def test_existing_output_needs_overwrite(files, tmp_path, capsys):
     assert VW.output_streams(out)["frames"] == N
 
 
+def test_the_clip_keeps_its_own_size_unless_asked(files, tmp_path, capsys):
+    # A 160 x 120 clip stylized at a small processing size: written back at 160 x 120 by default (same frame
+    # count and rate); --keep-processing-size writes the stylized size; --keep-size (the old opt-in) still runs.
+    n, fps = 6, 15
+    clip = tmp_path / "clip160.mp4"
+    write_clip(clip, synthetic_clip(sample_image("coffee", 256)[0], n, (120, 160), "pan").frames, fps=fps,
+               audio=False)
+    for extra, size in (((), (160, 120)), (("--keep-size",), (160, 120)), (("--keep-processing-size",), (42, 32))):
+        out = tmp_path / f"out{len(extra)}{''.join(extra)}.mp4"
+        argv = base(files, out, *extra)
+        argv[0] = str(clip)
+        argv[argv.index("--content-size") + 1] = "32"
+        assert main(argv) == 0
+        got = VW.output_streams(out)
+        assert (got["frames"], got["fps"], (got["width"], got["height"])) == (n, Fraction(fps), size), extra
+    argv = base(files, tmp_path / "both.mp4", "--keep-size", "--keep-processing-size")
+    with pytest.raises(SystemExit) as e:  # argparse: not allowed together
+        main(argv)
+    assert e.value.code == 2 and "not allowed with" in capsys.readouterr().err
+
+
 def test_flag_errors(files, tmp_path, capsys):
     out = tmp_path / "o.mp4"
     fails(capsys, base(files, tmp_path / "o.gif"), "unknown video extension")

@@ -23,7 +23,8 @@ examples:
   nst-jax video clip.mp4 --style starry.jpg --stabilize 0 -o per_frame.mp4      # no smoothing
   nst-jax video clip.mp4 --style starry.jpg --flow-blend 0.5 --report flicker.json -o out.mp4
   nst-jax video clip.mov --style a.jpg --style b.jpg --style-weights 0.7,0.3 --content-size 256 -o out.mov
-  nst-jax video clip.mp4 --style sky.jpg --style ground.jpg --mask sky.png --keep-size -o out.mp4
+  nst-jax video clip.mp4 --style sky.jpg --style ground.jpg --mask sky.png -o out.mp4
+  nst-jax video clip.mp4 --style starry.jpg --content-size 256 --keep-processing-size -o small.mp4
   nst-jax video clip.mp4 --model multistyle26 --style 3 -o out.mp4              # Magenta's 26-style CIN
   nst-jax video clip.mp4 --model multistyle26 --style 3 --style 12 --style-weights 0.5,0.5 -o out.mp4
   nst-jax video clip.mp4 --model magenta-arbitrary --style starry.jpg --content-size 256 -o out.mp4
@@ -45,8 +46,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Stylize every frame of a video with any model and the style options of `nst-jax stylize`, "
             "smoothing the normalisation statistics across frames against flicker (reset at scene cuts), "
             "optionally blending each frame with the previous output along the optical flow. The "
-            "source's frame rate (or timestamps) and audio are kept (audio needs PyAV: pip install "
-            "'nst-jax[video]'). The output appears only when complete: an interrupted or failed run "
+            "source's size, frame rate (or timestamps) and audio are kept: frames are stylized at "
+            "--content-size and the result is resized back to the clip's own size (--keep-processing-size "
+            "writes the stylized size instead); audio needs PyAV: pip install "
+            "'nst-jax[video]'. The output appears only when complete: an interrupted or failed run "
             "leaves no file under its name. "
             "--report writes the flicker numbers (warping error, SSIM to the per-frame result) as JSON; "
             "see docs/video.md.", width=88),
@@ -73,8 +76,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     o.add_argument("--report", metavar="FILE.json",
                    help="write the flicker report: warping error and SSIM to the per-frame output (costs two "
                         "optical flows per frame, and a second decoder pass when stabilising AdaIN)")
-    o.add_argument("--keep-size", action="store_true",
-                   help="scale the result back to the video's size (default: the stylized size)")
+    size = o.add_mutually_exclusive_group()
+    size.add_argument("--keep-processing-size", action="store_true",
+                      help="write the frames at the stylized size (--content-size, sides even) instead of "
+                           "resizing them back to the video's size")
+    size.add_argument("--keep-size", action="store_true",
+                      help="write at the video's own size: the default (kept so that existing scripts run)")
     o.add_argument("--crf", type=int, metavar="Q",
                    help="encoder quality, lower is better (H.264 default 18, VP9 default 32)")
     o.add_argument("--batch-size", type=int, default=4, metavar="N", help="frames per forward pass (default 4)")
@@ -271,8 +278,16 @@ def _load_masks(args: argparse.Namespace, hw: tuple[int, int]) -> list | None:
     return _fit_masks(masks, Path(args.input), args.mask, hw, SimpleNamespace(crop=False, content_size=0))
 
 
-def _resize_u8(frames: Any, hw: tuple[int, int]) -> Any:
-    """Resize uint8 frames with Pillow's antialiased bilinear filter (as `load_image` resizes photos)."""
+def output_size(height: int, width: int, processing: tuple[int, int],
+                keep_processing_size: bool) -> tuple[int, int]:
+    """The written frame size: the video's own (odd sides lose a row / column: 4:2:0 video needs even sides), or
+    the stylized size with `--keep-processing-size`."""
+    return processing if keep_processing_size else (max(2, height - height % 2), max(2, width - width % 2))
+
+
+def _resize_u8(frames: Any, hw: tuple[int, int], resample: Any = None) -> Any:
+    """Resize uint8 frames with Pillow: antialiased bilinear by default (as `load_image` resizes photos), or the
+    given `Image.Resampling` filter."""
     import numpy as np
     from PIL import Image
 
@@ -281,7 +296,8 @@ def _resize_u8(frames: Any, hw: tuple[int, int]) -> Any:
         return frames
     if frames.shape[1] >= h and frames.shape[2] >= w and frames.shape[1] - h < 2 and frames.shape[2] - w < 2:
         return frames[:, :h, :w]  # an odd side made even: crop the last row / column rather than resample
-    return np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.Resampling.BILINEAR)) for f in frames])
+    resample = Image.Resampling.BILINEAR if resample is None else resample
+    return np.stack([np.asarray(Image.fromarray(f).resize((w, h), resample)) for f in frames])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -289,6 +305,7 @@ def run(args: argparse.Namespace) -> int:
     info, weights, _ = plan(args)
 
     import numpy as np
+    from PIL import Image
     from tqdm import tqdm
 
     from nst_jax import flicker, flow
@@ -300,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
 
     tune_allocator()
     h, w = _even_size(info.height, info.width, args.content_size)
-    out_hw = (info.height - info.height % 2, info.width - info.width % 2) if args.keep_size else (h, w)
+    out_hw = output_size(info.height, info.width, (h, w), args.keep_processing_size)
     reader = VideoReader(info)
     frames = reader.frames()
     first = next(frames)[0]
@@ -353,7 +370,8 @@ def run(args: argparse.Namespace) -> int:
                     for i in range(len(out)):
                         meter.add(x[i], out[i], ref[i] if stabilised and ref is not None else None)
                 u8 = np.rint(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
-                writer.write(_resize_u8(u8, out_hw), pts)
+                # Lanczos: the stylized texture is the picture here, bilinear would blur it when scaling up.
+                writer.write(_resize_u8(u8, out_hw, Image.Resampling.LANCZOS), pts)
                 index += len(out)
                 bar.update(len(out))
         except BaseException as e:  # handed to the main thread
@@ -411,6 +429,7 @@ def run(args: argparse.Namespace) -> int:
         report = {
             "input": str(info.path), "output": str(args.output), "model": model_name,
             "frames": writer.frames, "fps": float(info.fps), "size": [h, w],
+            "output_size": list(out_hw),
             "stabilize": args.stabilize, "scene_cut": args.scene_cut, "flow_blend": args.flow_blend,
             "scene_cuts": scene_cuts, "seconds": elapsed, "frames_per_second": writer.frames / elapsed,
             **meter.report(),
