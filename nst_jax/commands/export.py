@@ -23,10 +23,13 @@ examples:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `export` subcommand."""
     p = subparsers.add_parser(
-        "export", help="export a model to ONNX (style as an input, or baked in)",
+        "export", help="export AdaIN, CIN (multistyle26) or magenta-arbitrary to ONNX (style as an input, or "
+                       "baked in)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.fill(
-            "Export a model to ONNX for onnxruntime (C++, mobile, web). MODEL is multistyle26, "
+            "Export a feed-forward model to ONNX for onnxruntime (C++, mobile, web): AdaIN, conditional "
+            "instance norm (Magenta's 26-style network or any CIN) or Magenta's arbitrary network (Gatys et "
+            "al. is an optimisation, not a network: nothing to export). MODEL is multistyle26, "
             "magenta-arbitrary, adain, a weights file (.onnx CIN, fast_neural_style .pth, AdaIN decoder) or a "
             "training folder. Without --style the style is an input: CIN takes style weights, the arbitrary "
             "network a style vector and AdaIN style statistics, and the style encoder of the last two is "

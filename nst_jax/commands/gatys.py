@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import re
 import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,12 +25,16 @@ examples:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `gatys` subcommand."""
     p = subparsers.add_parser(
-        "gatys", help="Gatys et al. style transfer by optimisation (slow, the quality reference)",
+        "gatys", help="Gatys et al. style transfer by optimisation (slow, the quality reference; no network)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Optimise an image so its VGG19 features match the content image's and its Gram matrices "
-                    "the style images' (Gatys, Ecker & Bethge 2015; the controls of jcjohnson/neural-style). "
-                    "Loss weights default to values tuned for the chosen --weights (see docs/gatys.md). The "
-                    "output (default output/CONTENT_gatys_STYLE.png) is never overwritten unless --overwrite.",
+        description=textwrap.fill(
+            "Optimise an image so its VGG19 features match the content image's and its Gram matrices the "
+            "style images' (Gatys, Ecker & Bethge 2015; the controls of jcjohnson/neural-style). Loss "
+            "weights default to values tuned for the chosen --weights (see docs/gatys.md). The output "
+            "(default output/CONTENT_gatys_STYLE.png) is never overwritten unless --overwrite. No trained "
+            "network is involved; for one forward pass with AdaIN, conditional instance norm (Magenta's "
+            "26-style multistyle26) or Magenta's arbitrary network (magenta-arbitrary), see nst-jax "
+            "stylize.", width=88),
         epilog=EXAMPLES)
     p.add_argument("content", metavar="CONTENT", help="content image file")
     p.add_argument("-s", "--style", action="append", required=True, metavar="STYLE",

