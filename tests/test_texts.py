@@ -90,3 +90,15 @@ def test_requires_python_is_what_the_installed_dependencies_need():
         m = re.fullmatch(r"Programming Language :: Python :: 3\.(\d+)", classifier)
         if m:
             assert (3, int(m.group(1))) >= ours, classifier
+
+
+def test_readme_first_screen_says_what_it_is_and_how_to_start():
+    text = (ROOT / "README.md").read_text()
+    first = text[:text.index("\n## ")]  # everything before the first section
+    for words in (*NAMES, "pip install", "nst-jax stylize photo.jpg --model magenta-arbitrary", "python serve.py"):
+        assert words in first, words
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", first)
+    assert len(pictures) == 1
+    for path in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):  # every picture README shows is in the repository
+        assert (ROOT / path).is_file(), path
+    assert "python -m pytest -q -n 2\n" in text  # CI runs README's test command (.ci/run)
