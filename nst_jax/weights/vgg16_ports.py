@@ -28,7 +28,8 @@ import numpy as np
 from nst_jax.errors import WeightsError
 from nst_jax.typing import NumpyParams as Params
 from nst_jax.vgg import ARCHS, CONVS_OF, SPECS, VGGSpec, check_vgg_params
-from nst_jax.weights.ports import keras_conv_params
+from nst_jax.weights.container import container
+from nst_jax.weights.vgg19_ports import keras_conv_params
 
 ARCH = "vgg16"
 
@@ -184,21 +185,16 @@ def vgg16_from_file(path: str | Path) -> tuple[Params, VGGSpec]:
     from nst_jax.weights import keras_h5, pth
 
     path = Path(path)
-    if not path.exists():
-        raise WeightsError(f"no such file: {path}")
-    if path.is_dir():
-        raise WeightsError(f"{path} is a directory, not a weights file")
+    kind = container(path, ("hdf5", "pth"), "a VGG16 weights file", "a torchvision .pth or a Keras / HED .h5")
     try:
-        if keras_h5.is_hdf5(path):
+        if kind == "hdf5":
             if is_hed_layout(path):
                 return port_hed(read_hed(path), what=str(path))
             return port_keras16(keras_h5.read_keras_h5(path), what=str(path))
-        if pth.is_pth(path):
-            sd = pth.load_state_dict(path, select=lambda k: ".classifier." not in f".{k}")
-            return port_torchvision16(sd, what=f"{path} (VGG16, torchvision)")
+        sd = pth.load_state_dict(path, select=lambda k: ".classifier." not in f".{k}")
+        return port_torchvision16(sd, what=f"{path} (VGG16, torchvision)")
     except OSError as e:
         raise WeightsError(f"cannot read {path}: {e.strerror or e}") from None
-    raise WeightsError(f"{path} is not a VGG16 weights file nst-jax reads (a torchvision .pth or a Keras / HED .h5)")
 
 
 def load_vgg16(src: str | Path = "hed", *, pooling: str | None = None) -> tuple[Params, VGGSpec]:
