@@ -24,7 +24,7 @@ the input; the extra bottom/right rows and columns are cropped, so outputs alway
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -243,6 +243,24 @@ class Stylizer:
         if a.shape != (n,):
             a = jnp.broadcast_to(a, (n,))
         return self._forward_fn(self.params, self.frozen, x, cond, a)
+
+    def compile_conditions(self, content: Any, condition: Any, alpha: Any) -> Callable[[Any, Any, Any], Array]:
+        """`stylize_conditions` compiled ahead of time for the shapes of these arguments, outside jit's cache: the
+        program lives as long as the returned function (the live server keeps an LRU of them, since every XLA
+        CPU program holds its own memory mappings).
+
+        Returns:
+          run(content, condition, alpha) -> (N, H, W, 3) float32 JAX array, for arguments of the same shapes.
+        """
+        def args(content: Any, condition: Any, alpha: Any) -> tuple:
+            cond = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), condition)
+            n = jax.tree.leaves(cond)[0].shape[0]
+            return (jnp.asarray(content, self.dtype), cond,
+                    jnp.broadcast_to(jnp.asarray(alpha, jnp.float32).reshape(-1), (n,)))
+
+        compiled = self._forward_fn.func.lower(self.params, self.frozen, *args(content, condition, alpha),
+                                               static=self.static).compile()
+        return lambda content, condition, alpha: compiled(self.params, self.frozen, *args(content, condition, alpha))
 
     def stylize_masked_conditions(self, content: Any, conditions: Any, masks: Any, alpha: Any) -> Array:
         """`stylize_conditions` with K conditions per image placed by masks, in one jitted pass.

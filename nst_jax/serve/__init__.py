@@ -2,7 +2,11 @@
 
 Modules (the package imports none of them: `python serve.py` runs `nst_jax.serve.cli.main`):
   cli       `python serve.py` flags -> model, gallery, warm-up, serving until Ctrl-C
-  app       ServerConfig, LiveServer (HTTP routes, WebSocket dispatch, uploads, stats, lifecycle)
+  app       LiveServer (HTTP routes, WebSocket dispatch, model switches, stats, lifecycle)
+  config    ServerConfig
+  lineup    the models a page can pick, each loaded on first use with its own batcher
+  programs  the bounded LRU of compiled (model, size, batch) programs
+  uploads   style uploads: checks, decoding, conditions
   settings  a page's settings: validation and colour finishing
   security  response headers, Host and Origin checks, the loopback test
   client    one WebSocket's one-deep outbox and sender

@@ -1,7 +1,8 @@
 """The live server: one static page, its script, and a WebSocket per client (aiohttp).
 
-Per client: a receive loop (decodes frames in a thread pool and drops them into the batcher's
-latest-frame-wins slot), and a sender task that owns every write to the socket (`client.Client`).
+Per client: a receive loop (decodes frames in a thread pool and drops them into its model's batcher's
+latest-frame-wins slot), and a sender task that owns every write to the socket (`client.Client`). The server
+may offer several models (`lineup.Lineup`): each page picks one, loaded on first use.
 
 With a server-side camera (`--camera`/`--video`) the server stylizes one shared stream (`show.SharedShow`):
 every page shows it and any page's controls change it; `--record` writes that stream.
@@ -18,7 +19,6 @@ import inspect
 import itertools
 import json
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,14 +27,17 @@ import numpy as np
 from aiohttp import WSMsgType, web
 
 from nst_jax.errors import ImageError
-from nst_jax.files import array_digest
 from nst_jax.serve import codec, protocol, security
-from nst_jax.serve.batcher import Batcher, ConditionModel, Job, parse_smoothing
+from nst_jax.serve.batcher import ConditionModel, Job
 from nst_jax.serve.client import Client, tune_socket
+from nst_jax.serve.config import ServerConfig
+from nst_jax.serve.lineup import Entry, Lineup, Loader
+from nst_jax.serve.programs import ProgramCache
 from nst_jax.serve.settings import Settings, parse_settings, postprocess
 from nst_jax.serve.show import SharedShow
 from nst_jax.serve.sources import Recorder, VideoSource
-from nst_jax.serve.styles import BlendCache, StyleLibrary
+from nst_jax.serve.styles import StyleLibrary
+from nst_jax.serve.uploads import Uploads
 
 # Importers of the single-module server keep working: these names moved to their own modules
 # (`ServerThread`, a test harness, is in `nst_jax.serve.testing`).
@@ -50,45 +53,6 @@ STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
 _HAS_WRITER_LIMIT = "writer_limit" in inspect.signature(web.WebSocketResponse.__init__).parameters
 
 
-@dataclasses.dataclass(frozen=True)
-class ServerConfig:
-    """How the server behaves (everything but the model and the styles).
-
-    Attributes:
-      sizes: square frame sizes offered on the page (each warmed at start).
-      size: the default frame size (one of `sizes`).
-      style_size: side of the square style images are cropped to before their statistics are computed.
-      max_batch: most frames in one model call.
-      limits: byte and pixel bounds on frames, uploads and control messages.
-      loopback_only: accept only Host headers naming this machine (when bound to a loopback address; this
-        stops DNS-rebinding pages from reaching the server through the browser).
-      allowed_origins: extra WebSocket origins besides the page's own (e.g. "https://studio.example:8443").
-      max_clients: concurrent WebSocket clients; more get HTTP 503.
-      jpeg_quality: of the frames sent back.
-      send_buffer: bytes each WebSocket may buffer (kernel send buffer, transport and writer limits); small,
-        so a slow link drops frames instead of queueing seconds of them. None keeps the defaults.
-      heartbeat: seconds between WebSocket pings (a dead peer is dropped after missing one).
-      stats_interval: seconds between status messages to each page.
-      uploads_per_minute: style uploads one client may send per minute (each costs a decode and a model call).
-      keepalive_timeout: seconds an idle HTTP connection is kept open.
-    """
-
-    sizes: tuple[int, ...] = (256,)
-    size: int = 256
-    style_size: int = 512
-    max_batch: int = 4
-    limits: codec.Limits = codec.Limits()
-    loopback_only: bool = True
-    allowed_origins: tuple[str, ...] = ()
-    max_clients: int = 32
-    jpeg_quality: int = 85
-    send_buffer: int | None = 128 << 10
-    heartbeat: float = 20.0
-    stats_interval: float = 1.0
-    uploads_per_minute: int = 10
-    keepalive_timeout: float = 75.0
-
-
 class LiveServer:
     """The application: model, styles, batcher, clients and (optionally) a server-side camera and recorder.
 
@@ -101,27 +65,34 @@ class LiveServer:
       config: sizes, limits and security settings.
       source: a server-side camera or video (then browser frames are refused and one shared stream is shown).
       recorder: writes the shared stream (needs `source`).
+      name: the model's name on the page (default: its `origin`).
+      more: names of further models a page may pick, each opened by `loader(name)` on first use.
     """
 
-    def __init__(self, model: ConditionModel, library: StyleLibrary, config: ServerConfig = ServerConfig(),
-                 source: VideoSource | None = None, recorder: Recorder | None = None):
+    def __init__(self, model: ConditionModel, library: StyleLibrary, config: ServerConfig | None = None,
+                 source: VideoSource | None = None, recorder: Recorder | None = None, *, name: str | None = None,
+                 more: tuple[str, ...] = (), loader: Loader | None = None):
+        config = config or ServerConfig()
         if config.size not in config.sizes:
             raise ValueError(f"size {config.size} is not one of sizes {config.sizes}")
         if recorder is not None and source is None:
             raise ValueError("a recorder needs a server-side source")
-        self.model = model
-        self.library = library
         self.config = config
         self.source = source
         self.recorder = recorder
-        self.batcher = Batcher(model, config.sizes, config.max_batch, example=self._example_condition)
+        self.programs = ProgramCache(config.max_programs)
+        self.lineup = Lineup(config.sizes, config.max_batch, config.style_size, self.programs, loader)
+        first = self.lineup.add(name or str(getattr(model, "origin", "model")), model, library)
+        for other in more:
+            self.lineup.add(other)
+        # the first model's, as before there were several (tests, the benchmark, the server-side camera)
+        self.model, self.library, self.batcher = model, library, first.batcher
         self.clients: dict[int, Client] = {}
-        self._upload_limits: dict[int, security.RateLimit] = {}
         self._ids = itertools.count(1)
         self._decode_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="nst-decode")
         self._encode_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="nst-encode")
-        self._blends = BlendCache(library, model.blend, self.batcher.run_model)
         self._tasks: list[asyncio.Task] = []
+        self.uploads = Uploads(config, self.clients, self._decode_pool)
         self._static = {name: (STATIC_DIR / name).read_bytes() for name in ["index.html", *STATIC_FILES]}
         self.shared = (None if source is None else
                        SharedShow(source, recorder, self.batcher, self.clients, self._decode_pool,
@@ -130,23 +101,17 @@ class LiveServer:
 
     # --- settings and conditions ----------------------------------------------------------------------------
 
-    def default_settings(self) -> Settings:
-        first = self.library.first_id()
+    def default_settings(self, entry: Entry | None = None, like: Settings | None = None) -> Settings:
+        """The first style of `entry` (default: the first model); the other choices `like`'s if given."""
+        first = (entry or self.lineup.first).library.first_id()
         styles = ((first, 1.0),) if first is not None else ()
+        if like is not None:
+            return dataclasses.replace(like, version=like.version + 1, styles=styles)
         return Settings(0, styles, 1.0, "none", self.config.size, False)
 
-    async def blend(self, styles: tuple[tuple[str, float], ...]) -> Any:
-        """The condition of a weighted blend of library styles (cached, see `styles.BlendCache`)."""
-        return await self._blends.get(styles)
-
-    def _example_condition(self) -> Any:
-        """A one-style condition to compile with: the first style's, else (no style yet, so uploads are coming)
-        a grey image's at the uploads' size, so the first upload does not compile either."""
-        first = self.library.first_id()
-        if first is not None:
-            return self.library.get(first).condition
-        side = self.config.style_size
-        return self.model.condition(np.full((1, side, side, 3), 0.5, np.float32))
+    async def blend(self, styles: tuple[tuple[str, float], ...], entry: Entry | None = None) -> Any:
+        """The condition of a weighted blend of `entry`'s styles (cached, see `styles.BlendCache`)."""
+        return await (entry or self.lineup.first).blends.get(styles)
 
     # --- HTTP -----------------------------------------------------------------------------------------------
 
@@ -184,7 +149,7 @@ class LiveServer:
 
     async def _thumb(self, request: web.Request) -> web.Response:
         try:
-            style = self.library.get(request.match_info["sid"])
+            style = self.lineup.style(request.match_info["sid"])
         except KeyError:
             raise web.HTTPNotFound() from None
         return web.Response(body=style.thumb, content_type="image/jpeg",
@@ -193,16 +158,21 @@ class LiveServer:
 
     # --- WebSocket ------------------------------------------------------------------------------------------
 
+    def model_state(self, client: Client) -> dict:
+        """What the page shows of the client's model: its name, styles, capabilities, settings, the picker."""
+        entry = client.entry
+        return {"model": entry.name, "models": self.lineup.describe(), "styles": entry.library.describe(),
+                "settings": client.settings.describe(), "caps": dataclasses.asdict(entry.model.caps),
+                "smoothing": self.source is None and entry.batcher.smoothing_supported()}
+
     def hello(self, client: Client) -> dict:
-        return {"type": "hello", "client": client.id, "styles": self.library.describe(),
-                "sizes": list(self.config.sizes), "settings": client.settings.describe(),
-                "smoothing": self.source is None and self.batcher.smoothing_supported(),
+        return {"type": "hello", "client": client.id, "sizes": list(self.config.sizes),
                 "source": "server" if self.source is not None else "browser",
                 "source_label": self.source.label if self.source is not None else None,
                 "limits": {"frame_bytes": self.config.limits.frame_bytes,
                            "upload_bytes": self.config.limits.upload_bytes},
                 "max_blend": protocol.MAX_BLEND, "preserve_color": list(protocol.PRESERVE_COLOR),
-                "caps": dataclasses.asdict(self.model.caps)}
+                **self.model_state(client)}
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         problem = security.websocket_handshake_problem(request.headers)
@@ -225,9 +195,9 @@ class LiveServer:
         else:
             settings = self.default_settings()
             condition = await self.blend(settings.styles) if settings.styles else None
-        client = Client(cid, ws, settings, condition, self.batcher.kick)
+        client = Client(cid, ws, settings, condition, lambda: client.entry.batcher.kick())
+        client.entry = self.lineup.first
         self.clients[cid] = client
-        self._upload_limits[cid] = security.RateLimit(self.config.uploads_per_minute, 60.0)
         log.info("client %d connected from %s (%d now)", cid, request.remote, len(self.clients))
         client.task = asyncio.ensure_future(client.sender())
         client.put_control(self.hello(client))
@@ -248,9 +218,9 @@ class LiveServer:
                     client.error(f"the server could not handle that message ({type(e).__name__})")
         finally:
             client.closed = True
-            self.batcher.discard(cid)
+            client.entry.batcher.discard(cid)
             self.clients.pop(cid, None)
-            self._upload_limits.pop(cid, None)
+            self.uploads.forget(cid)
             log.info("client %d left after %d frames (%d now)", cid, client.results_sent, len(self.clients))
             if client.task is not None:
                 client.task.cancel()
@@ -271,22 +241,26 @@ class LiveServer:
             client.error("control message must be a JSON object")
             return
         kind = obj.get("type")
+        if kind == "model":
+            await self._switch(client, obj.get("name"))
+            return
         if kind != "settings":
             client.error(f"unknown control message type {str(kind)[:40]!r}")
             return
+        entry = client.entry
         try:
-            settings = parse_settings(obj, client.settings, self.library, self.config.sizes)
-            smoothing = parse_smoothing(obj, client.smoothing)
-            condition = await self.blend(settings.styles)
+            settings = parse_settings(obj, client.settings, entry.library, self.config.sizes)
+            condition = await self.blend(settings.styles, entry)
         except protocol.ProtocolError as e:
             client.error(str(e), version=obj.get("version") if isinstance(obj.get("version"), int) else None)
             return
         except KeyError:
             client.error("a style in the blend was removed; pick again")
             return
+        if client.entry is not entry:
+            return  # the page switched models meanwhile
         client.settings = settings
         client.condition = condition
-        client.smoothing = smoothing
         if self.shared is not None:
             self.shared.set(settings, condition, client)
 
@@ -296,25 +270,11 @@ class LiveServer:
         except protocol.ProtocolError as e:
             client.error(str(e))
             return
+        entry = client.entry
         if kind == protocol.UPLOAD:
-            if not self.model.caps.style_images:
-                client.error("this model's styles are its own table: it cannot take a style image", seq=seq)
-                return
-            if client.uploading:
-                client.error("an upload is still being processed; wait for it", seq=seq)
-                return
-            rate = self._upload_limits.get(client.id)
-            if rate is not None and not rate.allow():
-                client.error(f"more than {self.config.uploads_per_minute} uploads a minute; try again in "
-                             f"{rate.retry_after():.0f} s", seq=seq)
-                return
-            if len(payload) > self.config.limits.upload_bytes:
-                limit = self.config.limits.upload_bytes
-                client.error(f"upload is {len(payload)} bytes; the limit is {limit}", seq=seq)
-                return
-            client.uploading = True
-            self._tasks.append(asyncio.ensure_future(self._upload(client, seq, name, payload)))
-            self._tasks = [t for t in self._tasks if not t.done()]
+            if self.uploads.accept(client, entry, seq, len(payload)):
+                self._tasks.append(asyncio.ensure_future(self.uploads.run(client, entry, seq, name, payload)))
+                self._tasks = [t for t in self._tasks if not t.done()]
             return
         if self.source is not None:
             client.error("this server streams its own camera; frames from the page are not used", seq=seq)
@@ -335,16 +295,16 @@ class LiveServer:
         except ImageError as e:
             client.error(str(e), seq=seq)
             return
-        if client.closed:
-            return
+        if client.closed or client.entry is not entry:
+            return  # gone, or switched models while this frame was decoding
         if client.settings.size != settings.size:
             return  # the page switched sizes while this frame was decoding; its next frame has the new size
         settings = client.settings
         deliver = functools.partial(self._deliver_client, client, seq, settings, content)
         job = Job(content, client.condition, settings.alpha, deliver,
                   fail=functools.partial(client.error, seq=seq), gate=client.can_take,
-                  smoothing=client.smoothing)
-        if self.batcher.submit(client.id, job):
+                  smoothing=settings.smoothing)
+        if entry.batcher.submit(client.id, job):
             client.frames_replaced += 1
 
     def _deliver_client(self, client: Client, seq: int, settings: Settings, content: np.ndarray,
@@ -362,34 +322,35 @@ class LiveServer:
         jpeg = codec.encode_jpeg(postprocess(out, content, preserve), self.config.jpeg_quality)
         return protocol.pack_result(protocol.RESULT, seq, version, jpeg)
 
-    async def _upload(self, client: Client, seq: int, name: str, payload: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            img, pil = await loop.run_in_executor(self._decode_pool, codec.decode_upload, payload,
-                                                  self.config.style_size, self.config.limits)
-            digest = array_digest(img)
-            style = self.library.find(digest)
-            if style is None:
-                condition = await self.batcher.run_model(self.model.condition, img)
-                thumb = await loop.run_in_executor(self._decode_pool, codec.thumbnail_jpeg, pil)
-                label = Path(name).stem[:60] or "upload"
-                style = self.library.add(label, "upload", condition, thumb, digest)
-                styles = self.library.describe()
-                for c in list(self.clients.values()):
-                    c.put_control({"type": "styles", "styles": styles})
-            client.put_control({"type": "uploaded", "seq": seq, "style": style.describe()})
-        except ImageError as e:
-            client.error(str(e), seq=seq)
-        except Exception as e:  # a model failure on one upload must not take the server down
-            log.exception("upload failed")
-            client.error(f"upload failed: {type(e).__name__}: {e}", seq=seq)
-        finally:
-            client.uploading = False
-
     # --- lifecycle ------------------------------------------------------------------------------------------
 
+    async def _switch(self, client: Client, name: Any) -> None:
+        """Move the client to model `name` (loading it first if no page has used it yet)."""
+        if not isinstance(name, str) or name not in self.lineup:
+            client.error(f"no model {str(name)[:60]!r} on this server; it runs {', '.join(self.lineup.entries)}")
+            return
+        if self.source is not None and name != client.entry.name:
+            client.error("this server streams its own camera with one model")
+            return
+        client.switching = name
+        if self.lineup[name].state != "ready":
+            client.put_control({"type": "model", "name": name, "state": "loading", "models": self.lineup.describe()})
+        try:
+            entry = await self.lineup.ensure(name)
+            settings = self.default_settings(entry, client.settings)
+            condition = await self.blend(settings.styles, entry) if settings.styles else None
+        except RuntimeError as e:
+            client.put_control({"type": "model", "name": name, "state": "failed", "models": self.lineup.describe()})
+            client.error(str(e))
+            return
+        if client.closed or client.switching != name:
+            return  # gone, or another model was picked while this one loaded
+        client.entry.batcher.discard(client.id)
+        client.entry, client.settings, client.condition = entry, settings, condition
+        client.put_control({"type": "model", "name": name, "state": "ready", **self.model_state(client)})
+
     async def _on_startup(self, app: web.Application) -> None:
-        self._tasks.append(asyncio.ensure_future(self.batcher.run()))
+        self.lineup.start()
         if self.shared is not None:
             settings = self.default_settings()
             condition = await self.blend(settings.styles) if settings.styles else None
@@ -397,19 +358,15 @@ class LiveServer:
         self._tasks.append(asyncio.ensure_future(self._run_stats()))
 
     async def _run_stats(self) -> None:
-        last_frames, last_t = self.batcher.stats.frames, time.perf_counter()
+        rates = self.lineup.rates()
+        next(rates)
         while True:
             await asyncio.sleep(self.config.stats_interval)
-            s = self.batcher.stats
-            now = time.perf_counter()
-            fps = (s.frames - last_frames) / max(now - last_t, 1e-9)
-            last_frames, last_t = s.frames, now
-            msg = {"type": "stats", "clients": len(self.clients), "server_fps": round(fps, 1),
-                   "avg_batch": round(s.frames / s.calls, 2) if s.calls else 0.0,
-                   "model_ms": round(1000 * s.model_seconds / s.calls, 1) if s.calls else 0.0}
-            if self.source is not None and self.source.error:
-                msg["source_error"] = self.source.error
+            per_model = rates.send(None)
             for c in list(self.clients.values()):
+                msg = {"type": "stats", "clients": len(self.clients), **per_model[c.entry.name]}
+                if self.source is not None and self.source.error:
+                    msg["source_error"] = self.source.error
                 c.put_control(msg)
 
     async def _on_shutdown(self, app: web.Application) -> None:
@@ -422,7 +379,7 @@ class LiveServer:
         await asyncio.gather(*closes, return_exceptions=True)
 
     async def _on_cleanup(self, app: web.Application) -> None:
-        self.batcher.close()
+        await self.lineup.close()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -471,4 +428,5 @@ class LiveServer:
         """Server and per-client counters (tests, benchmark)."""
         s = self.batcher.stats
         return {"frames": s.frames, "calls": s.calls, "replaced": s.replaced, "failures": s.failures,
-                "batch_sizes": dict(s.batch_sizes), "clients": [c.snapshot() for c in self.clients.values()]}
+                "batch_sizes": dict(s.batch_sizes), "clients": [c.snapshot() for c in self.clients.values()],
+                "models": self.lineup.stats()[1], "programs": len(self.programs)}

@@ -160,8 +160,13 @@ class Batcher:
     """
 
     def __init__(self, model: ConditionModel, sizes: Sequence[int], max_batch: int = 4,
-                 example: Condition | Callable[[], Condition] | None = None):
+                 example: Condition | Callable[[], Condition] | None = None, programs: Any = None,
+                 name: Hashable = None):
         self.model = model
+        # Compiled programs (a shared `programs.ProgramCache`, keyed by `name`): a model that can compile ahead
+        # of time (`compile_conditions`) runs through it, so the process's programs stay bounded.
+        self.programs = programs if hasattr(model, "compile_conditions") else None
+        self.name = name
         self.sizes = tuple(sorted(set(int(s) for s in sizes)))
         self.max_batch = int(max_batch)
         self.buckets = bucket_sizes(self.max_batch)
@@ -198,9 +203,18 @@ class Batcher:
         for i, (b, s) in enumerate(shapes):
             content = np.full((b, s, s, 3), 0.5, np.float32)
             alpha = np.ones((b,), np.float32)
-            np.asarray(self.model.stylize_conditions(content, stack_conditions([example], b), alpha))
+            np.asarray(self._program(content, stack_conditions([example], b), alpha))
             if progress is not None:
                 progress(i + 1, len(shapes))
+
+    def _program(self, content: np.ndarray, condition: Condition, alpha: np.ndarray) -> Any:
+        """`model.stylize_conditions(content, condition, alpha)`, through the program cache where there is one."""
+        if self.programs is None:
+            return self.model.stylize_conditions(content, condition, alpha)
+        b, h, w, _ = content.shape
+        run = self.programs.get((self.name, h, w, b),
+                                lambda: self.model.compile_conditions(content, condition, alpha))
+        return run(content, condition, alpha)
 
     def _example(self) -> Condition:
         example = self.example() if callable(self.example) else self.example
@@ -248,7 +262,7 @@ class Batcher:
                 self._smooth.pop(j.stream, None)  # turning smoothing back on starts afresh
             if masks is not None:
                 return np.asarray(self.model.stylize_masked_conditions(content, condition, masks, alpha))[:n]
-            return np.asarray(self.model.stylize_conditions(content, condition, alpha))[:n]
+            return np.asarray(self._program(content, condition, alpha))[:n]
         return self._call_smoothed(jobs, content, condition, alpha, masks)
 
     def _call_smoothed(self, jobs: Sequence[Job], content: np.ndarray, condition: Condition,

@@ -14,6 +14,7 @@ from pathlib import Path
 from nst_jax.errors import NstError
 
 PROG = "serve.py"
+AUTO = "auto"  # `nst_jax.models.open.AUTO`: the model `choose_model` picks
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,9 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--max-clients", type=int, default=32, help="concurrent pages (default 32)")
 
     model = p.add_argument_group("model (as `nst-jax stylize`)")
-    model.add_argument("--model", help="the network: adain (default), multistyle26 (the gallery is its 26 "
-                                       "styles), magenta-arbitrary, a CIN .onnx, a fast_neural_style .pth or "
-                                       "a training folder")
+    model.add_argument("--model", default="auto",
+                       help="the network: auto (default: AdaIN on a GPU/TPU with its weights cached, else the "
+                            "fastest installed arbitrary-style network, magenta-arbitrary), adain, "
+                            "multistyle26 (the gallery is its 26 styles), magenta-arbitrary, a CIN .onnx, a "
+                            "fast_neural_style .pth or a training folder; a comma-separated list puts a model "
+                            "picker on the page (the first is loaded at start, the others on first use)")
     model.add_argument("--vgg", help="VGG19 weights: a file (.pth, .h5, .npz) or a registry name "
                                      "(default: adain)")
     model.add_argument("--decoder", help="AdaIN decoder: decoder.pth, a converted .npz or a registry name "
@@ -121,8 +125,11 @@ def validate(args: argparse.Namespace) -> None:
         raise NstError(f"--max-batch: {args.max_batch} must be between 1 and 64")
     if args.max_clients < 1:
         raise NstError("--max-clients must be at least 1")
-    if args.random_weights and (args.vgg or args.decoder or args.checkpoint or args.model):
+    names = model_names(args)
+    if args.random_weights and (args.vgg or args.decoder or args.checkpoint or names != [AUTO]):
         raise NstError("--random-weights cannot be combined with --model, --vgg, --decoder or --checkpoint")
+    if len(names) > 1 and (args.camera is not None or args.video):
+        raise NstError("--camera and --video stream one model: give one --model")
     if args.checkpoint and args.decoder:
         raise NstError("give --decoder or --checkpoint, not both")
     for flag in ("vgg", "decoder"):
@@ -157,6 +164,30 @@ def validate(args: argparse.Namespace) -> None:
             raise NstError(f"--{flag}: no such file: {v}")
 
 
+def model_names(args: argparse.Namespace) -> list[str]:
+    """`--model` as a list of names (a comma-separated list offers a picker on the page).
+
+    Raises:
+      NstError: an empty name, a duplicate, a packaged network that is not installed, or no such file.
+    """
+    from nst_jax.models.open import MODEL_NAMES, PACKAGED, PACKAGED_INSTALL, installed
+
+    names = [n.strip() for n in str(args.model).split(",")]
+    if any(not n for n in names):
+        raise NstError(f"--model: an empty name in {args.model!r}")
+    seen = set()
+    for n in names:
+        if n in seen:
+            raise NstError(f"--model: {n} is listed twice")
+        seen.add(n)
+        if n in PACKAGED and not installed(n):
+            raise NstError(f"--model: {n} is not installed ({PACKAGED_INSTALL})")
+        if n not in (AUTO, *MODEL_NAMES) and not Path(n).expanduser().exists():
+            raise NstError(f"--model: no such model: {n} (a file, a training folder, or one of "
+                           f"{', '.join((AUTO, *MODEL_NAMES))})")
+    return names
+
+
 def random_stylizer(seed: int = 0, dtype=None):
     """A Stylizer with random, calibrated weights (`nst_jax.testing.random_adain`), for demos and tests."""
     from nst_jax.testing import random_adain
@@ -175,9 +206,39 @@ def default_max_batch(requested: int | None) -> int:
     return 4 if jax.default_backend() == "cpu" else 8
 
 
-def load_model(args: argparse.Namespace):
-    """The Stylizer the flags ask for."""
+def resolve_auto(args: argparse.Namespace, names: list[str]) -> list[str]:
+    """`names` with "auto" replaced by the model it chooses (`nst_jax.models.open.choose_model`); prints the one
+    line that says which and why. The weight options (--vgg, --decoder, --checkpoint) pick AdaIN."""
+    from nst_jax.models.open import DEFAULT, choose_model
+
+    if AUTO not in names:
+        return names
+    if args.vgg or args.decoder or args.checkpoint:
+        model, why = DEFAULT, "the weight options pick AdaIN's weights"
+    else:
+        model, why = choose_model()
+    print(f"model: {model} ({why})", flush=True)
+    out = [model if n == AUTO else n for n in names]
+    if len(set(out)) != len(out):
+        raise NstError(f"--model: auto chose {model}, which is listed too")
+    return out
+
+
+def program_bound(max_batch: int | None, sizes: tuple[int, ...]) -> int:
+    """Compiled programs kept (`ServerConfig.max_programs`): the default, or one model's every (batch, size) if
+    that is more (so one model never compiles while it serves)."""
+    from nst_jax.serve.batcher import bucket_sizes
+    from nst_jax.serve.config import ServerConfig
+
+    return max(ServerConfig.max_programs, len(bucket_sizes(default_max_batch(max_batch))) * len(sizes))
+
+
+def load_model(args: argparse.Namespace, name: str | None = None):
+    """The Stylizer the flags ask for (`name`: one model of the --model list; the weight options apply to
+    AdaIN)."""
     import jax.numpy as jnp
+
+    from nst_jax.models.open import DEFAULT
 
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     if args.random_weights:
@@ -185,8 +246,27 @@ def load_model(args: argparse.Namespace):
     from nst_jax.models.open import open_model
     from nst_jax.stylize import Stylizer
 
-    return Stylizer(open_model(args.model, vgg=args.vgg, decoder=args.decoder, checkpoint=args.checkpoint),
-                    dtype=dtype)
+    name = args.model if name is None else name
+    weights = {"vgg": args.vgg, "decoder": args.decoder, "checkpoint": args.checkpoint} if name == DEFAULT else {}
+    return Stylizer(open_model(name, **weights), dtype=dtype)
+
+
+def fill_styles(library, model, items, args: argparse.Namespace, sizes: tuple[int, ...], progress=iter) -> None:
+    """The gallery of `model`: the style images (`--styles` or the built-in patterns), or a table model's own
+    styles.
+
+    Raises:
+      NstError: --styles given for a table model.
+    """
+    from nst_jax.serve.styles import fill_library, fill_table
+
+    if model.caps.style_images:
+        fill_library(library, items, model.condition, progress=progress)
+    elif args.styles and len(model_names(args)) == 1:
+        raise NstError(f"--styles: this model's {model.num_styles} styles are its own table; it takes no "
+                       "style images")
+    else:  # a table model (CIN): its own styles are the gallery
+        fill_table(library, model, min(sizes), progress=progress)
 
 
 def _ssl_context(args: argparse.Namespace) -> ssl.SSLContext | None:
@@ -215,7 +295,7 @@ def run(args: argparse.Namespace) -> int:
     from nst_jax.serve.app import LiveServer, ServerConfig
     from nst_jax.serve.security import is_loopback
     from nst_jax.serve.sources import Recorder, VideoSource
-    from nst_jax.serve.styles import StyleLibrary, fill_library, fill_table, load_gallery
+    from nst_jax.serve.styles import StyleLibrary, load_gallery
 
     # Before the first computation: keeps XLA's per-call scratch memory in the process (see tune_allocator).
     tune_allocator()
@@ -226,24 +306,26 @@ def run(args: argparse.Namespace) -> int:
     server = None
     try:
         items = load_gallery(args.styles, args.style_size)
-        model = load_model(args)
+        names = ["adain (random weights)"] if args.random_weights else resolve_auto(args, model_names(args))
+        model = load_model(args, names[0])
         library = StyleLibrary()
         bar = lambda xs: tqdm(xs, desc="styles", unit="style", leave=False)
-        if model.caps.style_images:
-            fill_library(library, items, model.condition, progress=bar)
-        elif args.styles:
-            raise NstError(f"--styles: this model's {model.num_styles} styles are its own table; it takes no "
-                           "style images")
-        else:  # a table model (CIN): its own styles are the gallery
-            fill_table(library, model, min(sizes), progress=bar)
+        fill_styles(library, model, items, args, sizes, progress=bar)
+
+        def loader(name: str, library: StyleLibrary):  # a model picked on the page, loaded on first use
+            model = load_model(args, name)
+            fill_styles(library, model, items, args, sizes)
+            return model
+
         config = ServerConfig(
             sizes=sizes, size=args.size, style_size=args.style_size,
             max_batch=default_max_batch(args.max_batch), limits=codec.Limits(),
             loopback_only=is_loopback(args.host), allowed_origins=tuple(args.allow_origin),
-            max_clients=args.max_clients)
+            max_clients=args.max_clients, max_programs=program_bound(args.max_batch, sizes))
         if args.record:
             recorder = Recorder(args.record, args.size, fps=source.fps, overwrite=args.overwrite)
-        server = LiveServer(model, library, config, source=source, recorder=recorder)
+        server = LiveServer(model, library, config, source=source, recorder=recorder, name=names[0],
+                            more=tuple(names[1:]), loader=loader)
         # Compile every (batch bucket, frame size) before the first page connects.
         shapes = len(server.batcher.buckets) * len(sizes)
         with tqdm(total=shapes, desc="compiling", unit="shape", leave=False) as bar:

@@ -40,7 +40,8 @@ class Client:
         self.on_sent = on_sent
         self.closed = False
         self.uploading = False
-        self.smoothing = 0.0  # statistic smoothing strength (the page's slider; `batcher.parse_smoothing`)
+        self.entry: Any = None  # its model (`lineup.Entry`)
+        self.switching: str | None = None  # the model it asked for last
         self.frames_in = 0
         self.results_sent = 0
         self.results_dropped = 0

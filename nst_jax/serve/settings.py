@@ -24,6 +24,7 @@ class Settings:
     preserve_color: str = "none"
     size: int = 256
     side_by_side: bool = False
+    smoothing: float = 0.0  # statistic smoothing strength (the page's slider; `batcher.parse_smoothing`)
 
     def describe(self) -> dict:
         """JSON form (the page's own format)."""
@@ -90,7 +91,9 @@ def parse_settings(obj: dict, current: Settings, library: StyleLibrary, sizes: S
     sbs = obj.get("side_by_side", current.side_by_side)
     if not isinstance(sbs, bool):
         raise protocol.ProtocolError("settings: side_by_side must be true or false")
-    return Settings(version, styles, alpha, preserve, int(size), sbs)
+    from nst_jax.serve.batcher import parse_smoothing
+
+    return Settings(version, styles, alpha, preserve, int(size), sbs, parse_smoothing(obj, current.smoothing))
 
 
 def postprocess(out: np.ndarray, content: np.ndarray, preserve_color: str) -> np.ndarray:

@@ -62,10 +62,12 @@ class StyleLibrary:
 
     Args:
       max_uploads: how many uploaded styles are kept at once.
+      prefix: of the ids ("s0", "s1", ...; another per model, so that ids never repeat on one server).
     """
 
-    def __init__(self, max_uploads: int = 32):
+    def __init__(self, max_uploads: int = 32, prefix: str = "s"):
         self.max_uploads = max_uploads
+        self.prefix = prefix
         self._styles: dict[str, Style] = {}
         self._uploads: collections.deque[str] = collections.deque()
         self._ids = itertools.count()
@@ -90,7 +92,7 @@ class StyleLibrary:
     def add(self, name: str, origin: str, condition: Any, thumb: bytes, digest: str) -> Style:
         """Add a style (its condition kept as NumPy); for uploads beyond `max_uploads`, the oldest upload is
         dropped."""
-        style = Style(f"s{next(self._ids)}", name, origin, _to_host(condition), thumb, digest)
+        style = Style(f"{self.prefix}{next(self._ids)}", name, origin, _to_host(condition), thumb, digest)
         self._styles[style.id] = style
         if origin == "upload":
             self._uploads.append(style.id)

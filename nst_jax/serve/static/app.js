@@ -3,9 +3,11 @@
 "use strict";
 
 const KIND_FRAME = 1, KIND_UPLOAD = 2, KIND_RESULT = 1, KIND_SOURCE = 3;
-// Frames in flight: one keeps latency at one model call plus a round trip; a second hides the round trip, worth it
-// only when the model is about as fast as the round trip itself (a GPU/TPU), since it doubles the latency otherwise.
-const FAST_MODEL_MS = 30;
+// Frames in flight: a second frame is decoded while the first is in the model, and the first encoded and sent while
+// the second is in it, so the model never waits for the network or the codecs (a pipeline of depth 2; the latency
+// stays under two model calls). Worth it while the frame rate is what the eye follows; a model slower than this per
+// call (a slideshow anyway) keeps one, for the shortest latency.
+const PIPELINE_MODEL_MS = 150;
 const $ = (id) => document.getElementById(id);
 
 // Everything the page knows, exposed for debugging and for the browser test.
@@ -14,7 +16,8 @@ const nst = window.nst = {
   settings: { version: 0, styles: [], alpha: 1, preserve_color: "none", size: 256, side_by_side: false },
   smoothing: 0,  // statistic smoothing strength, this page's own (0: exact per-frame output)
   seq: 0, sent: new Map(), framesSent: 0, framesReceived: 0, lastVersion: -1, lastSeq: -1,
-  resultTimes: [], latencies: [], errors: [], uploads: 0, cameraError: null, serverStats: null, maxInFlight: 1,
+  resultTimes: [], latencies: [], errors: [], uploads: 0, cameraError: null, serverStats: null, maxInFlight: 2,
+  model: null, models: [], modelState: "ready",  // the model picker (serve.py --model a,b,c)
 };
 
 let ws = null;
@@ -66,14 +69,8 @@ function onControl(msg) {
     case "hello":
       nst.source = msg.source; nst.sizes = msg.sizes; nst.limits = msg.limits;
       nst.preserveModes = msg.preserve_color || ["none", "luminance", "histogram_output"];
-      nst.caps = msg.caps || { style_images: true, style_table: false, alpha: true };
-      $("smoothing-label").hidden = !msg.smoothing;
-      nst.settings = Object.assign({}, msg.settings, { version: nst.settings.version + 1 });
-      setStyles(msg.styles);
       fillSizes();
-      applyCaps();
-      syncControls();
-      sendSettings();
+      useModel(msg);
       if (nst.source === "browser") startCamera();
       else {
         $("input-caption").textContent = `server ${msg.source_label}`;
@@ -82,6 +79,12 @@ function onControl(msg) {
       break;
     case "styles":
       setStyles(msg.styles);
+      break;
+    case "model":  // the picked model is loading, ready (its styles, caps and settings) or failed
+      nst.models = msg.models || nst.models;
+      nst.modelState = msg.state;
+      if (msg.state === "ready") useModel(msg);
+      else renderModels();
       break;
     case "uploaded":
       nst.uploads += 1;
@@ -94,7 +97,7 @@ function onControl(msg) {
       break;
     case "stats":
       nst.serverStats = msg;
-      if (msg.model_ms > 0) nst.maxInFlight = msg.model_ms < FAST_MODEL_MS ? 2 : 1;
+      if (msg.model_ms > 0) nst.maxInFlight = msg.model_ms < PIPELINE_MODEL_MS ? 2 : 1;
       $("server").textContent = `server ${msg.server_fps} fps · batch ${msg.avg_batch} · ${msg.model_ms} ms` +
         (msg.source_error ? ` · ${msg.source_error}` : "");
       break;
@@ -218,6 +221,47 @@ function sendSettings() {
   const msg = Object.assign({ type: "settings" }, nst.settings, { smoothing: nst.smoothing });
   if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(msg));
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Model picker: hello and "model" messages carry the model's name, the lineup, its styles, caps and settings.
+
+function useModel(msg) {
+  nst.model = msg.model; nst.models = msg.models || [{ name: msg.model, state: "ready" }];
+  nst.modelState = "ready";
+  nst.caps = msg.caps || { style_images: true, style_table: false, alpha: true };
+  $("smoothing-label").hidden = !msg.smoothing;
+  nst.settings = Object.assign({}, msg.settings, { version: nst.settings.version + 1 });
+  setStyles(msg.styles);
+  applyCaps();
+  syncControls();
+  sendSettings();
+  renderModels();
+}
+
+function renderModels() {
+  $("model-name").textContent = nst.model || "-";
+  const state = $("model-state"), busy = nst.modelState !== "ready";
+  state.hidden = !busy;
+  state.textContent = nst.modelState === "loading" ? `loading ${nst.pendingModel}…` : `${nst.pendingModel} failed`;
+  state.className = "pill " + (nst.modelState === "failed" ? "bad" : "");
+  const sel = $("model");
+  sel.hidden = nst.models.length < 2;
+  sel.replaceChildren();
+  for (const m of nst.models) {
+    const o = document.createElement("option");
+    o.value = m.name; o.textContent = m.state === "ready" || m.name === nst.model ? m.name : `${m.name} (${m.state})`;
+    sel.append(o);
+  }
+  sel.value = busy && nst.modelState === "loading" ? nst.pendingModel : nst.model;
+}
+
+$("model").addEventListener("change", () => {
+  nst.pendingModel = $("model").value;
+  if (nst.pendingModel === nst.model) return;
+  nst.modelState = "loading";
+  renderModels();
+  if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify({ type: "model", name: nst.pendingModel }));
+});
 
 function setStyles(styles) {
   nst.styles = styles;
