@@ -93,7 +93,7 @@ class Client:
             while not stop.is_set():
                 try:
                     msg = await ws.receive(timeout=self.forget_after)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     # A safety net only: a result answers its frame and every older one (latest frame wins
                     # on the server), so the window refills itself unless a frame was lost entirely.
                     self.forgotten = set(self.sent)

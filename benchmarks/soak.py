@@ -91,7 +91,7 @@ class SoakClient:
                                     break
                                 continue
                             raise ConnectionError(f"socket closed: {msg.type}")
-            except (ConnectionError, aiohttp.ClientError, asyncio.TimeoutError):
+            except (ConnectionError, aiohttp.ClientError, TimeoutError):
                 self.disconnects += 1
                 await asyncio.sleep(0.5)
 

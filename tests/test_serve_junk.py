@@ -122,7 +122,7 @@ async def _send_junk(host: str, port: int, data: bytes) -> None:
             writer.write(data)
             await asyncio.wait_for(writer.drain(), 10)
             await asyncio.wait_for(reader.read(4096), 2)
-    except (OSError, asyncio.TimeoutError):
+    except (OSError, TimeoutError):
         pass
     finally:
         writer.close()

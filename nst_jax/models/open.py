@@ -164,7 +164,8 @@ class Choice(NamedTuple):
 def choose_model(accelerator: bool | None = None) -> Choice:
     """The model `--model auto` opens: AdaIN where an accelerator runs it in real time and its weights are at
     hand (cached: nothing is downloaded), otherwise the fastest installed arbitrary-style network (real time on a
-    CPU), otherwise AdaIN if its weights are at hand (slow on a CPU, but a model).
+    CPU), otherwise an error naming the install that fixes it (AdaIN on a CPU is a slideshow, so it is only run
+    when asked for by name).
 
     Args:
       accelerator: whether JAX runs on a GPU/TPU (default: `jax.default_backend() != "cpu"`).
@@ -186,7 +187,9 @@ def choose_model(accelerator: bool | None = None) -> Choice:
                "no accelerator: AdaIN's VGG19 is too slow for live video on a CPU")
         return Choice(fastest, f"{why}; {fastest} is the fastest installed arbitrary-style network")
     if weights:
-        return Choice(DEFAULT, "no packaged arbitrary-style network is installed; AdaIN's weights are cached")
+        raise WeightsError(f"no real-time model for this machine: no accelerator for AdaIN and no packaged "
+                           f"arbitrary-style network ({PACKAGED_INSTALL}; or --model {DEFAULT} for AdaIN at a "
+                           f"few frames per second)")
     raise WeightsError(f"no model to run: AdaIN's weights are not cached and no packaged network is installed "
                        f"({PACKAGED_INSTALL})")
 
