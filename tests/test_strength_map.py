@@ -220,3 +220,26 @@ def test_cli_bad_maps(files, tmp_path, capsys, case, match):
     err = capsys.readouterr().err.strip()
     assert err.startswith("nst-jax: error: ") and "\n" not in err and match in err, err
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_adain_own_region_keeps_its_features(random_model):
+    """AdaIN's own condition is the last region's own statistics: its features pass AdaIN unchanged there (the
+    whole image's statistics would shift them towards the other region's)."""
+    import jax.numpy as jnp
+
+    from nst_jax.models import adain
+
+    st = random_model
+    x = jnp.asarray(resize(_content(), (64, 64)))
+    step = np.zeros((1, 64, 64, 1), np.float32)
+    step[:, :, 32:] = 1.0  # the style on the right half (whole cells of the 8 x 8 grid), the content on the left
+    masks = jnp.asarray(np.concatenate([step, 1 - step], axis=-1))
+    own = adain.own_condition(st.params, st.frozen, x, masks, st.static)
+    style = st.condition(_style_image())
+    f = adain.content_features(st.vgg, x, st.static)
+    grid = np.concatenate([np.repeat(step[:, ::8, ::8], 1, 0), 1 - step[:, ::8, ::8]], axis=-1)
+    t = adain.region_adain(f, jnp.asarray(grid), jnp.concatenate([style["mean"].reshape(1, 1, -1),
+                                                                   own["mean"].reshape(1, 1, -1)], 1),
+                           jnp.concatenate([style["std"].reshape(1, 1, -1), own["std"].reshape(1, 1, -1)], 1))
+    np.testing.assert_allclose(np.asarray(t)[:, :, :4], np.asarray(f)[:, :, :4], rtol=1e-5, atol=1e-5)
+    assert np.abs(np.asarray(t)[:, :, 4:] - np.asarray(f)[:, :, 4:]).mean() > 1e-2
