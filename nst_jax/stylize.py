@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import color, models, runtime
+from nst_jax import color, models, runtime, strength
 from nst_jax.checks import normalise_weights
 from nst_jax.errors import NstError
 from nst_jax.files import array_digest
@@ -131,6 +131,8 @@ class Stylizer:
         self._forward_fn = partial(_jitted(family, "stylize"), static=self.static)
         self._masked_fn = (partial(_jitted(family, "stylize_masked"), static=self.static)
                            if family.stylize_masked is not None else None)
+        self._strength_fn = (partial(_jitted(family, "strength", strength.program), static=self.static)
+                             if family.caps.strength_map else None)
 
     # AdaIN's historical attributes
     @property
@@ -278,6 +280,24 @@ class Stylizer:
         return self._masked_fn(self.params, self.frozen, jnp.asarray(content, self.dtype), cond,
                                jnp.asarray(masks, jnp.float32), jnp.asarray(alpha, jnp.float32).reshape(-1))
 
+    def stylize_strength_conditions(self, content: Any, conditions: Any, masks: Any, strength_map: Any,
+                                    alpha: Any) -> Array:
+        """One jitted pass with a per-pixel style strength (`nst_jax.strength`), e.g. the live page's control.
+
+        Args:
+          content: (N, H, W, 3) in [0, 1]; conditions: leading axes (N, K); masks: None (K = 1, the style
+            everywhere) or (N, H, W, K) placing the K conditions; strength_map: (N, H, W) in [0, 1] at the
+            content's resolution; alpha: (N,).
+
+        Raises:
+          NstError: the family cannot take a strength map.
+        """
+        strength.check_family(self.family)
+        cond = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), conditions)
+        m = None if masks is None else jnp.asarray(masks, jnp.float32)
+        return self._strength_fn(self.params, self.frozen, jnp.asarray(content, self.dtype), cond, m,
+                                 jnp.asarray(strength_map, jnp.float32), jnp.asarray(alpha, jnp.float32).reshape(-1))
+
     # ----------------------------------------------------------------------------------------------------
     # AdaIN's statistics API (conditions {"mean", "std"})
 
@@ -348,7 +368,7 @@ class Stylizer:
 
     def stylize(self, content: Any, styles: Sequence[Any], *, weights: Sequence[float] | None = None,
                 alpha: float | Sequence[float] = 1.0, masks: Sequence[Any] | None = None,
-                preserve_color: ColorMode | None = None) -> np.ndarray:
+                preserve_color: ColorMode | None = None, strength_map: Any = None) -> np.ndarray:
         """Stylize a batch of content images with one style, a blend of styles, or masked styles.
 
         Args:
@@ -362,6 +382,10 @@ class Stylizer:
             with `weights`.
           preserve_color: None, "luminance" (keep the content's chroma) or "histogram" (CORAL each style image
             to the content's colours before taking its statistics).
+          strength_map: per-pixel style strength, (H, W) or (N, H, W) floats in [0, 1] (0 keeps the content, i.e.
+            the alpha-0 output, 1 the full style), the content's size or its aspect ratio (resized); with
+            blends, masks (it scales them), alpha (which scales it) and colour preservation. One pass
+            (`nst_jax.strength`).
 
         Returns:
           (N, H, W, 3) float32 NumPy array in [0, 1].
@@ -375,6 +399,10 @@ class Stylizer:
             raise NstError("style weights blend styles everywhere and masks place them: give one or the "
                            "other")
         a = jnp.asarray(_alphas(alpha, n))
+        smap = None
+        if strength_map is not None:
+            strength.check_family(self.family)
+            smap = jnp.asarray(strength.prepare(strength_map, n, (H, W)))
         per_image = preserve_color == "histogram"
         # Histogram matching makes each style's condition depend on the content image.
         groups = ([self._conditions_for(styles, x[i:i + 1]) for i in range(n)] if per_image
@@ -385,7 +413,11 @@ class Stylizer:
             blended = [self.blend(g, w) for g in groups]
             cond = jax.tree.map(lambda *xs: jnp.concatenate(xs), *blended)
             cond = jax.tree.map(lambda v: v if v.shape[0] == n else jnp.broadcast_to(v, (n,) + v.shape[1:]), cond)
-            out = self._forward_fn(self.params, self.frozen, xj, cond, a)
+            if smap is None:
+                out = self._forward_fn(self.params, self.frozen, xj, cond, a)
+            else:  # the blend as the one style (K = 1) of the strength program
+                out = self._strength_fn(self.params, self.frozen, xj, jax.tree.map(lambda v: v[:, None], cond),
+                                        None, smap, a)
         else:
             if self._masked_fn is None or not self.caps.masks:
                 raise NstError(f"a {self.family.name} model cannot place styles with masks")
@@ -396,7 +428,10 @@ class Stylizer:
             conds = jax.tree.map(lambda v: v if v.shape[0] == n else jnp.broadcast_to(v, (n,) + v.shape[1:]),
                                  conds)
             mj = jnp.broadcast_to(jnp.asarray(m), (n,) + m.shape)
-            out = self._masked_fn(self.params, self.frozen, xj, conds, mj, a)
+            if smap is None:
+                out = self._masked_fn(self.params, self.frozen, xj, conds, mj, a)
+            else:
+                out = self._strength_fn(self.params, self.frozen, xj, conds, mj, smap, a)
         if preserve_color == "luminance":
             out = color.luminance_transfer(out, jnp.asarray(x))
         return np.asarray(out, np.float32)

@@ -259,6 +259,37 @@ def test_live_histogram_is_named_for_the_output_and_the_old_name_still_works(lib
         parse_settings({"preserve_color": ["histogram"]}, cur, library, [SIZE])
 
 
+def test_strength_control_settings_and_batcher(model, library):
+    """The page's strength control: validated settings, a gradient map per frame size, one pass in the batcher
+    equal to `Stylizer.stylize(strength_map=)`."""
+    from nst_jax.serve.settings import StrengthControl
+
+    ids = [s["id"] for s in library.describe()]
+    cur = Settings(1, ((ids[0], 1.0),), 1.0, "none", SIZE, False)
+    assert cur.strength is None and cur.describe()["strength"] is None
+    new = parse_settings({"strength": {"kind": "linear", "x": 2, "angle": 450, "invert": True}}, cur, library,
+                         [SIZE])
+    assert new.strength == StrengthControl("linear", 1.0, 0.5, 0.3, 90.0, 0.3, True)
+    assert new.describe()["strength"]["kind"] == "linear"
+    assert parse_settings({"alpha": 0.5}, new, library, [SIZE]).strength == new.strength  # kept when unsent
+    assert parse_settings({"strength": None}, new, library, [SIZE]).strength is None
+    for bad in ({"strength": 1}, {"strength": {"kind": "spiral"}}, {"strength": {"invert": 1}},
+                {"strength": {"x": "1"}}, {"strength": {"softness": float("nan")}}):
+        with pytest.raises(protocol.ProtocolError):
+            parse_settings(bad, cur, library, [SIZE])
+    smap = StrengthControl("radial", 0.3, 0.6, 0.2, 0.0, 0.3).map((SIZE, SIZE))
+    assert smap.shape == (SIZE, SIZE) and smap.max() == 1.0 and smap.min() == 0.0
+    cond = library.get(ids[0]).condition
+    f = frame(3)
+    batcher = Batcher(model, [SIZE], max_batch=2)
+    got = batcher._call([Job(f, cond, 0.8, lambda o: None, strength=smap)])[0]
+    one = jax.tree.map(lambda v: v[:, None], stack_conditions([cond], 1))
+    want = model.stylize_strength_conditions(f[None], one, None, smap[None], np.full((1,), 0.8, np.float32))
+    np.testing.assert_allclose(got, np.asarray(want)[0], atol=1e-6)
+    plain = batcher._call([Job(f, cond, 0.8, lambda o: None)])[0]
+    assert np.abs(got - plain).mean() > 1e-3
+
+
 def test_postprocess_rounds_as_the_image_module():
     from nst_jax import image
 

@@ -243,6 +243,19 @@ def test_page_stylizes_the_camera_and_every_control_works(page, live, tmp_path):
     assert diff(kept, half) > 0.005
     page.select_option("#preserve", "none")
 
+    # The strength control (static/strength.js): a radial map keeps the content in the middle (alpha 0 there).
+    page.select_option("#strength-kind", "radial")
+    assert page.locator("#strength-params").is_visible()
+    page.check("#strength-invert")  # the style outside, the content inside
+    mapped = settle(page)
+    assert page.evaluate("nst.settings.strength.kind") == "radial"
+    mid = slice(24, 40)
+    assert diff(mapped[mid, mid], no_style[mid, mid]) < diff(half[mid, mid], no_style[mid, mid])
+    assert diff(mapped[:8, :8], half[:8, :8]) < diff(mapped[:8, :8], no_style[:8, :8])
+    page.select_option("#strength-kind", "off")
+    assert diff(settle(page), half) < 0.01
+    assert page.evaluate("nst.settings.strength") is None
+
     # Output size.
     page.select_option("#size", "32")
     small = settle(page)

@@ -29,7 +29,8 @@ from jax import lax
 from nst_jax.models import Caps, Export, Family, MeanVar, blend_conditions
 
 NAME = "toy"
-CAPS = Caps(style_images=False, style_table=True, alpha=True, masks=True, color_modes=("luminance",))
+CAPS = Caps(style_images=False, style_table=True, alpha=True, masks=True, color_modes=("luminance",),
+            strength_map=True)
 WIDTH = 8
 DN = ("NHWC", "HWIO", "NHWC")
 DEFAULT_COLORS = ((0.9, 0.3, 0.1), (0.1, 0.4, 0.9))
@@ -289,4 +290,5 @@ FAMILY = Family(
     sample=sample, condition=condition, stylize=stylize, stylize_masked=stylize_masked, blend=blend,
     validate_config=validate_config, inference_setup=inference_setup, num_styles=num_styles,
     export=Export("toy_family:toy_export"), stats_forward=stats_forward, video_strength=0.5,
+    alpha_pixels=True,  # alpha mixes pixels, as CIN's: so does a strength map
 )

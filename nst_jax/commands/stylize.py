@@ -18,6 +18,7 @@ examples:
   nst-jax stylize photo.jpg --style a.jpg --style b.jpg --style-weights 0.7,0.3
   nst-jax stylize photo.jpg --style sky.jpg --style ground.jpg --mask sky_mask.png --mask ground_mask.png
   nst-jax stylize photo.jpg --style starry.jpg --alpha 0.6 --preserve-color luminance
+  nst-jax stylize photo.jpg --style starry.jpg --strength-map vignette.png  # white = full style, black = none
   nst-jax stylize photo.jpg --style starry.jpg --content-size 0        # keep the photo's full resolution
   nst-jax stylize photo.jpg --style starry.jpg --checkpoint runs/adain # a decoder you trained
   nst-jax stylize photo.jpg --model multistyle26 --style 7 -o out.png  # Magenta's 26-style CIN network
@@ -47,6 +48,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES)
     p.add_argument("content", nargs="+", metavar="CONTENT", help="content image files or folders of images")
     add_style_options(p, "content")
+    p.add_argument("--strength-map", metavar="MAP",
+                   help="per-pixel style strength: a grey image, white = full style, black = the content (the "
+                        "alpha-0 picture), in one pass; same aspect ratio as the content (resized to it); works "
+                        "with --style-weights, --mask, --alpha and --preserve-color")
     p.add_argument("--crop", action="store_true",
                    help="centre-crop contents and styles to N x N after resizing")
     o = p.add_argument_group("output")
@@ -213,6 +218,8 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], str, list[float] | None]:
         if not (len(args.mask) == len(styles) or (len(args.mask) == 1 and len(styles) == 2)):
             raise NstError(f"got {len(args.mask)} --mask for {len(styles)} --style: give one mask per style"
                            + (" (or one mask for two styles)" if len(styles) == 2 else ""))
+    if args.strength_map is not None and not Path(args.strength_map).is_file():
+        raise ImageError(f"no such strength map: {args.strength_map}")
     groups = [(s,) for s in styles] if mode == "pairs" else [tuple(styles)]
 
     ext = args.ext.lower().lstrip(".")
@@ -254,8 +261,9 @@ def _load_content(path: Path, args: argparse.Namespace):
 
 
 def _fit_masks(masks: list, content_path: Path, mask_paths: list[str], before: tuple[int, int],
-               args: argparse.Namespace) -> list:
-    """Resize the masks to the content (as loaded, before cropping), then crop them the same way."""
+               args: argparse.Namespace, what: str = "mask") -> list:
+    """Resize the masks (or a strength map: `what`) to the content (as loaded, before cropping), then crop them
+    the same way."""
     from nst_jax.errors import ImageError
     from nst_jax.image import aspect_ratios_differ, center_crop, fit_mask
 
@@ -264,8 +272,8 @@ def _fit_masks(masks: list, content_path: Path, mask_paths: list[str], before: t
     for m, mp in zip(masks, mask_paths, strict=True):
         if aspect_ratios_differ(m.shape, (h, w)):
             mh, mw = m.shape
-            raise ImageError(f"mask {mp} is {mw}x{mh}, content {content_path} is {w}x{h} after resizing: "
-                             f"their aspect ratios differ (masks must have the content's shape)")
+            raise ImageError(f"{what} {mp} is {mw}x{mh}, content {content_path} is {w}x{h} after resizing: "
+                             f"their aspect ratios differ ({what}s must have the content's shape)")
         m = fit_mask(m, (h, w))
         if args.crop:
             m = center_crop(m[None, :, :, None], args.content_size)[0, :, :, 0]
@@ -310,6 +318,8 @@ def check_styles(stylizer, styles: list, args: argparse.Namespace) -> None:
                        f"{', '.join(caps.color_modes) or 'none'})")
     if args.mask and not caps.masks:
         raise NstError(f"{what} cannot place styles with --mask")
+    if getattr(args, "strength_map", None) is not None and not caps.strength_map:
+        raise NstError(f"{what} cannot take a --strength-map")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -327,12 +337,15 @@ def run(args: argparse.Namespace) -> int:
     styles = {p: load_image(p, size=style_size, crop=args.crop) if isinstance(p, Path) else p
               for p in dict.fromkeys(s for job in jobs for s in job.styles)}
     masks = [load_mask(m) for m in args.mask] if mode == "mask" else []
+    smap = [load_mask(args.strength_map)] if args.strength_map is not None else []
     contents = list(dict.fromkeys(job.content for job in jobs))
     loaded: dict = {}
     for c in contents:
         image_and_size = _load_content(c, args)
         if masks:
             _fit_masks(masks, c, args.mask, image_and_size[1], args)
+        if smap:
+            _fit_masks(smap, c, [args.strength_map], image_and_size[1], args, "strength map")
         if len(contents) == 1:  # keep it; a folder's images are decoded again one at a time, to spare memory
             loaded[c] = image_and_size
 
@@ -349,6 +362,9 @@ def run(args: argparse.Namespace) -> int:
                 kw["masks"] = _fit_masks(masks, job.content, args.mask, before, args)
             elif mode == "blend":
                 kw["weights"] = weights
+            if smap:
+                kw["strength_map"] = _fit_masks(smap, job.content, [args.strength_map], before, args,
+                                                "strength map")[0]
             out = stylizer.stylize(content, [styles[s] for s in job.styles], **kw)
             save_image(job.out, out[0], overwrite=args.overwrite)
             if len(jobs) < 2:

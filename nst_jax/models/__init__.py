@@ -13,6 +13,15 @@ family's functions are specialised on, e.g. the encoder's `VGGSpec` for AdaIN):
 - `stylize(params, frozen, content, condition, alpha, static) -> images`: (N, H, W, 3), cropped to the content.
 - `stylize_masked(params, frozen, content, conditions, masks, alpha, static) -> images`: conditions (N, K, ...),
   masks (N, H, W, K) at the content's resolution, mixed per position in one pass.
+- `own_condition(params, frozen, content, masks, static) -> Condition`: the content's own condition, what a strength
+  map (`Stylizer.stylize(strength_map=)`) places as the last of K conditions where the style is to be weaker: with
+  `masks` (N, H, W, K) as `stylize_masked` takes them, the condition that makes `stylize_masked` give the family's
+  alpha-0 output wherever the last mask is 1 (masks None: for `stylize`, i.e. `stylize(own_condition) == stylize
+  (alpha=0)`). AdaIN: the content's relu4_1 mean/std over the region of the last mask (so its features pass
+  unchanged there); arbitrary: the content image's own style vector. None: the family has no such condition
+  (CIN: no row of its table reproduces the content).
+- `alpha_pixels`: the family's alpha mixes output pixels with the content's (its alpha-0 output is the content
+  itself, CIN): a strength map then runs one pass at full strength and mixes the pixels per position.
 - `stats_forward(params, frozen, content, condition, masks, alpha, norm_stats, static) -> (images, stats)`: the
   statistics seam, `stylize` (masks None) or `stylize_masked` split at the normalisation statistics. With
   `norm_stats` None it computes the content-side statistics of every normalisation layer and returns them with
@@ -92,6 +101,8 @@ class Caps:
       alpha: a content/style trade-off is meaningful.
       masks: styles can be placed per pixel.
       color_modes: supported `preserve_color` modes.
+      strength_map: per-pixel style strength (`Stylizer.stylize(strength_map=)`, `--strength-map`): the family has
+        an `own_condition` or mixes pixels by alpha (`alpha_pixels`).
     """
 
     style_images: bool
@@ -99,6 +110,7 @@ class Caps:
     alpha: bool = True
     masks: bool = True
     color_modes: tuple[str, ...] = ("luminance", "histogram")
+    strength_map: bool = False
 
     def to_dict(self) -> dict:
         """JSON-friendly form (the live page's `hello`)."""
@@ -166,6 +178,8 @@ class Family:
     dtypes: tuple[str, ...] = ("float32",)
     encoder_setup: Callable[..., Any] | None = None
     stats_type: type | None = None
+    own_condition: Callable[..., Any] | None = None
+    alpha_pixels: bool = False
 
     def mix(self, conditions: Any, weights: Any) -> Any:
         """`blend` if the family has its own, else the generic convex mix."""

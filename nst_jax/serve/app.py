@@ -48,7 +48,7 @@ log = logging.getLogger("nst_jax.serve")
 _quiet = security.QuietLog(log)
 
 STATIC_DIR = Path(__file__).parent / "static"
-STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
+STATIC_FILES = {"app.js": "text/javascript", "strength.js": "text/javascript", "style.css": "text/css"}
 # Recent aiohttp releases take a per-socket writer limit; older ones buffer up to their fixed default.
 _HAS_WRITER_LIMIT = "writer_limit" in inspect.signature(web.WebSocketResponse.__init__).parameters
 
@@ -301,9 +301,15 @@ class LiveServer:
             return  # the page switched sizes while this frame was decoding; its next frame has the new size
         settings = client.settings
         deliver = functools.partial(self._deliver_client, client, seq, settings, content)
+        strength = None
+        if settings.strength is not None:
+            if not entry.model.caps.strength_map:
+                client.error("this model cannot take a strength map; turn the strength control off", seq=seq)
+                return
+            strength = settings.strength.map(content.shape[:2])
         job = Job(content, client.condition, settings.alpha, deliver,
                   fail=functools.partial(client.error, seq=seq), gate=client.can_take,
-                  smoothing=settings.smoothing)
+                  smoothing=settings.smoothing, strength=strength)
         if entry.batcher.submit(client.id, job):
             client.frames_replaced += 1
 

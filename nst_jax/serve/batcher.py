@@ -121,6 +121,8 @@ class Job:
       smoothing: statistic smoothing strength in [0, 1) (0: the exact per-frame output).
       masks: None, or (H, W, K) per-pixel weights placing the condition's K styles (its leaves (1, K, ...));
         needs a model with `stylize_masked_conditions` (a `Stylizer` whose family takes masks).
+      strength: None, or an (H, W) per-pixel style strength in [0, 1] (`nst_jax.strength`; the exact per-frame
+        output, not smoothed); needs a model with `stylize_strength_conditions`.
     """
 
     content: np.ndarray
@@ -133,6 +135,7 @@ class Job:
     smoothing: float = 0.0
     stream: Hashable | None = None  # whose smoothing state: set by `Batcher.submit` to the slot's key
     masks: np.ndarray | None = None
+    strength: np.ndarray | None = None
 
 
 @dataclasses.dataclass
@@ -256,6 +259,11 @@ class Batcher:
         masks = None
         if jobs[0].masks is not None:  # a group shares its mask shape (`run`)
             masks = np.stack([j.masks for j in jobs] + [jobs[0].masks] * (b - n)).astype(np.float32)
+        if jobs[0].strength is not None:  # a group shares it (`run`): one pass, unsmoothed
+            smap = np.stack([j.strength for j in jobs] + [jobs[0].strength] * (b - n)).astype(np.float32)
+            if masks is None:  # one style (or blend) everywhere: conditions (N, K = 1, ...)
+                condition = jax.tree.map(lambda v: v[:, None], condition)
+            return np.asarray(self.model.stylize_strength_conditions(content, condition, masks, smap, alpha))[:n]
         smoothed = jobs[0].smoothing > 0 and self._stat_model() is not None
         if not smoothed:
             for j in jobs:
@@ -343,7 +351,8 @@ class Batcher:
             jobs = self._take()
             groups: dict[tuple, list[Job]] = {}
             for j in jobs:
-                key = (j.content.shape, j.smoothing > 0, None if j.masks is None else j.masks.shape)
+                key = (j.content.shape, j.smoothing > 0, None if j.masks is None else j.masks.shape,
+                       j.strength is not None)
                 groups.setdefault(key, []).append(j)
             for group in groups.values():
                 for start in range(0, len(group), self.max_batch):

@@ -9,7 +9,8 @@ Binary messages start with a one-byte kind and a big-endian header:
                                                                  version of the settings it was made with)
     SOURCE  kind=3, seq u32, version u32, JPEG bytes            a server-side camera frame (side-by-side view)
 Text messages are JSON objects with a "type":
-  client -> server: settings {version, styles: [[id, weight], ...], alpha, preserve_color, size, side_by_side}
+  client -> server: settings {version, styles: [[id, weight], ...], alpha, preserve_color, size, side_by_side,
+    strength (null or {kind, x, y, radius, angle, softness, invert}: the page's strength map, settings.py)}
     (preserve_color: one of PRESERVE_COLOR, or an alias in PRESERVE_COLOR_ALIASES, answered with its canonical name)
   server -> client: hello, styles, settings (server-camera mode), uploaded, error
 """

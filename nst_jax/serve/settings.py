@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 
@@ -25,11 +26,66 @@ class Settings:
     size: int = 256
     side_by_side: bool = False
     smoothing: float = 0.0  # statistic smoothing strength (the page's slider; `batcher.parse_smoothing`)
+    strength: StrengthControl | None = None
 
     def describe(self) -> dict:
         """JSON form (the page's own format)."""
         return {"version": self.version, "styles": [list(s) for s in self.styles], "alpha": self.alpha,
-                "preserve_color": self.preserve_color, "size": self.size, "side_by_side": self.side_by_side}
+                "preserve_color": self.preserve_color, "size": self.size, "side_by_side": self.side_by_side,
+                "strength": None if self.strength is None else dataclasses.asdict(self.strength)}
+
+
+# --- the strength control (a radial or linear gradient map; `nst_jax.strength`) ---------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class StrengthControl:
+    """The page's strength gradient: see `nst_jax.strength.gradient` (x, y: the centre as fractions)."""
+
+    kind: str = "radial"
+    x: float = 0.5
+    y: float = 0.5
+    radius: float = 0.3
+    angle: float = 0.0
+    softness: float = 0.3
+    invert: bool = False
+
+    def map(self, hw: tuple[int, int]) -> np.ndarray:
+        """The (H, W) float32 strength map at a frame size (cached per control and size)."""
+        return _strength_map(self, tuple(hw))
+
+
+@functools.lru_cache(maxsize=32)
+def _strength_map(control: StrengthControl, hw: tuple[int, int]) -> np.ndarray:
+    from nst_jax.strength import gradient
+
+    m = gradient(hw, kind=control.kind, center=(control.x, control.y), radius=control.radius, angle=control.angle,
+                 softness=control.softness, invert=control.invert)
+    m.setflags(write=False)
+    return m
+
+
+def parse_strength(obj: dict, current: StrengthControl | None) -> StrengthControl | None:
+    """The settings' "strength": null (off) or {kind, x, y, radius, angle, softness, invert}, numbers clamped."""
+    if "strength" not in obj:
+        return current
+    raw = obj["strength"]
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise protocol.ProtocolError("settings: strength must be null or an object")
+    base = current or StrengthControl()
+    kind = raw.get("kind", base.kind)
+    if kind not in ("radial", "linear"):
+        raise protocol.ProtocolError("settings: strength.kind must be radial or linear")
+    invert = raw.get("invert", base.invert)
+    if not isinstance(invert, bool):
+        raise protocol.ProtocolError("settings: strength.invert must be true or false")
+
+    def unit(key: str) -> float:
+        return min(max(_number(raw, key, getattr(base, key)), 0.0), 1.0)
+
+    return StrengthControl(kind, unit("x"), unit("y"), unit("radius"),
+                           _number(raw, "angle", base.angle) % 360.0, unit("softness"), invert)
 
 
 def _number(obj: dict, key: str, default: float) -> float:
@@ -93,7 +149,8 @@ def parse_settings(obj: dict, current: Settings, library: StyleLibrary, sizes: S
         raise protocol.ProtocolError("settings: side_by_side must be true or false")
     from nst_jax.serve.batcher import parse_smoothing
 
-    return Settings(version, styles, alpha, preserve, int(size), sbs, parse_smoothing(obj, current.smoothing))
+    return Settings(version, styles, alpha, preserve, int(size), sbs, parse_smoothing(obj, current.smoothing),
+                    parse_strength(obj, current.strength))
 
 
 def postprocess(out: np.ndarray, content: np.ndarray, preserve_color: str) -> np.ndarray:

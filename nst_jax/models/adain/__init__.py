@@ -40,6 +40,7 @@ from nst_jax.models.adain.net import (
     feature_grid,
     flops,
     mix_alpha,
+    own_condition,
     region_adain,
     region_apply,
     region_stats,
@@ -70,7 +71,8 @@ from nst_jax.typing import Params
 from nst_jax.vgg import VGGSpec
 
 NAME = "adain"
-CAPS = Caps(style_images=True, style_table=False, alpha=True, masks=True, color_modes=("luminance", "histogram"))
+CAPS = Caps(style_images=True, style_table=False, alpha=True, masks=True, color_modes=("luminance", "histogram"),
+            strength_map=True)
 
 FAMILY = Family(
     name=NAME, caps=CAPS, init_params=init_params, setup=setup, open_streams=open_streams, loss_fn=loss_fn,
@@ -83,6 +85,8 @@ FAMILY = Family(
     export=Export("nst_jax.export.families:adain_export"),
     # Smoothing relu4_1 is free (one encoder and one decoder pass) and lowered flicker (docs/video.md).
     stats_forward=stats_forward, video_strength=0.5,
+    # A strength map places the content's own relu4_1 statistics (its region's) as the second style.
+    own_condition=own_condition,
 )
 
 
@@ -102,7 +106,7 @@ def loaded(vgg_params: Params, vgg_spec: VGGSpec, decoder_params: Params, origin
 __all__ = [
     "CAPS", "CHANNELS", "ENCODER", "EPS", "FAMILY", "SCALE", "TAP", "LossConfig", "StyleStats", "blend_statistics",
     "blend_stats", "compute_loss", "condition", "content_features", "decode", "encoder_setup", "feature_grid",
-    "flops", "init_params", "loaded", "loss_fn", "mix_alpha", "region_adain", "region_apply", "region_stats",
-    "sample", "setup", "stats_condition", "stats_forward", "style_statistics",
+    "flops", "init_params", "loaded", "loss_fn", "mix_alpha", "own_condition", "region_adain", "region_apply",
+    "region_stats", "sample", "setup", "stats_condition", "stats_forward", "style_statistics",
     "stylize", "stylize_condition", "stylize_masked", "stylize_regions", "stylize_samples", "upsample_conv",
 ]

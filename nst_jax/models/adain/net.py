@@ -223,15 +223,38 @@ def stylize_masked(params: Params, frozen: Mapping[str, Any], content: Array, co
     return stylize_regions(frozen["vgg"], params, content, grid, s_mean, s_std, alpha, static)
 
 
+def own_condition(params: Params, frozen: Mapping[str, Any], content: Array, masks: Array | None, static: VGGSpec
+                  ) -> dict[str, Array]:
+    """The content's own condition (`nst_jax.models`): relu4_1 mean/std that leave the content's features unchanged.
+
+    With masks (N, H, W, K), the statistics `region_adain` measures over the last region, so that region's AdaIN
+    is the identity (scale std / std = 1, shift 0) and `stylize_masked` decodes the content's own features
+    wherever the last mask is 1: the alpha-0 output there. Without masks, the whole image's (N, 1, 1, 512) each.
+    """
+    f = content_features(frozen["vgg"], content, static)
+    if masks is None:
+        mean, std = ops.mean_std(f.astype(jnp.float32), EPS)
+        return {"mean": mean, "std": std}
+    n = masks.shape[0]
+    stats = region_stats(_broadcast(f, n), _mask_grid(content, masks, static))
+    shape = (n, 1, 1, CHANNELS)
+    return {"mean": stats.mean[:, -1].reshape(shape), "std": jnp.sqrt(stats.var[:, -1]).reshape(shape)}
+
+
 def _regions(content: Array, conds: Mapping[str, Array], masks: Array, static: VGGSpec
              ) -> tuple[Array, Array, Array]:
     """Masks (N, H, W, K) averaged onto the relu4_1 grid, and the K styles' statistics as (N, K, 512) each."""
+    n = conds["mean"].shape[0]
+    grid = _mask_grid(content, masks, static)
+    return grid, conds["mean"].reshape(n, -1, CHANNELS), conds["std"].reshape(n, -1, CHANNELS)
+
+
+def _mask_grid(content: Array, masks: Array, static: VGGSpec) -> Array:
+    """Masks (N, H, W, K) at the content's resolution averaged onto its relu4_1 grid (adaptive-average bins)."""
     h, w = content.shape[1], content.shape[2]
     gh, gw = feature_grid(h, w, static)
     hi = jax.lax.Precision.HIGHEST
-    grid = jnp.einsum("ih,nhwk,jw->nijk", _bins(h, gh), masks.astype(jnp.float32), _bins(w, gw), precision=hi)
-    n = conds["mean"].shape[0]
-    return grid, conds["mean"].reshape(n, -1, CHANNELS), conds["std"].reshape(n, -1, CHANNELS)
+    return jnp.einsum("ih,nhwk,jw->nijk", _bins(h, gh), masks.astype(jnp.float32), _bins(w, gw), precision=hi)
 
 
 def stats_forward(params: Params, frozen: Mapping[str, Any], content: Array, cond: Mapping[str, Array],

@@ -51,7 +51,15 @@ assembles the family (`FAMILY`) and exposes its public API.
 from __future__ import annotations
 
 from nst_jax.models import Export, Family
-from nst_jax.models.arbitrary.net import blend, condition, stats_forward, stylize, stylize_masked, transform
+from nst_jax.models.arbitrary.net import (
+    blend,
+    condition,
+    own_condition,
+    stats_forward,
+    stylize,
+    stylize_masked,
+    transform,
+)
 from nst_jax.models.arbitrary.params import BOTTLENECK, CAPS, NAME, STYLE_SIZE, init_params
 from nst_jax.models.arbitrary.predictor import Net, predict, preprocess_style, style_vector
 from nst_jax.models.arbitrary.train import (
@@ -75,9 +83,11 @@ FAMILY = Family(
                   tflite_encoder_size=(STYLE_SIZE, STYLE_SIZE)),
     # Smoothing costs a second pass and raised the measured flicker (docs/video.md): off unless asked.
     stats_forward=stats_forward, video_strength=0.0,
+    # A strength map places the content's own style vector (alpha 0) as the second style.
+    own_condition=own_condition,
 )
 
 __all__ = ["BOTTLENECK", "CAPS", "FAMILY", "NAME", "STYLE_SIZE", "Net", "blend", "condition", "inference_setup",
-           "init_params", "loss_fn", "open_streams", "predict", "preprocess_style", "sample", "setup", "start_params",
-           "stats_forward", "style_vector", "stylize", "stylize_masked", "trainable_mask", "transform",
+           "init_params", "loss_fn", "open_streams", "own_condition", "predict", "preprocess_style", "sample", "setup",
+           "start_params", "stats_forward", "style_vector", "stylize", "stylize_masked", "trainable_mask", "transform",
            "validate_config"]

@@ -247,6 +247,17 @@ def condition(params: Params, frozen: Any, style: Array, static: Any = None) -> 
     return {"vector": _vector(params, frozen, style, static)}
 
 
+def own_condition(params: Params, frozen: Any, content: Array, masks: Array | None, static: Any = None
+                  ) -> dict[str, Array]:
+    """The content's own condition (`nst_jax.models`): {"vector": the content image's own style vector (N, 100)}.
+
+    Strength 0 (`alpha`) is this vector, and the (gamma, beta) of every style norm are affine in it, so placed by any
+    `masks` it gives the alpha-0 output where its mask is 1 (`masks` is not needed).
+    """
+    del masks
+    return {"vector": _vector(params, frozen, content, static)}
+
+
 # Every leaf of a condition is a style vector, and the network's (gamma, beta) are affine in it: the generic convex
 # mix is exact.
 blend = blend_conditions

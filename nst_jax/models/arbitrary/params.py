@@ -17,7 +17,8 @@ from nst_jax.typing import Array, Params
 NormStats = dict[str, tuple[Array, Array]]
 
 NAME = "arbitrary"
-CAPS = Caps(style_images=True, style_table=False, alpha=True, masks=True, color_modes=("luminance", "histogram"))
+CAPS = Caps(style_images=True, style_table=False, alpha=True, masks=True, color_modes=("luminance", "histogram"),
+            strength_map=True)
 
 BOTTLENECK = 100
 STYLE_SIZE = 256

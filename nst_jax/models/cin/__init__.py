@@ -67,6 +67,9 @@ FAMILY = Family(
     export=Export("nst_jax.export.families:cin_export", tflite=True),
     # Smoothing costs a second pass and raised the measured flicker (docs/video.md): off unless asked.
     stats_forward=stats_forward, video_strength=0.0,
+    # Alpha mixes pixels (alpha 0 is the content) and no row of the table reproduces the content: a strength map
+    # mixes the output's pixels with the content's.
+    alpha_pixels=True,
 )
 
 __all__ = ["CAPS", "FAMILY", "NAME", "PRESETS", "TransformerSpec", "apply", "blend", "condition", "frozen_for",

@@ -19,7 +19,8 @@ from nst_jax.typing import Array, Params
 NAME = "cin"
 # "histogram" recolours a style *image* before it is used; a CIN style is a row of its table, so only the
 # luminance mode (keep the content's chroma under the stylized luminance) applies.
-CAPS = Caps(style_images=False, style_table=True, alpha=True, masks=True, color_modes=("luminance",))
+CAPS = Caps(style_images=False, style_table=True, alpha=True, masks=True, color_modes=("luminance",),
+            strength_map=True)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,0 +1,127 @@
+"""Strength maps: per-pixel style strength (0 keeps the content, 1 the full style) for any model family, in one pass.
+
+A strength map is a second "style" placed by the mask machinery: the style (one, a blend, or K styles placed by
+their own masks) gets the weight s(x) at each pixel and the content's own condition (`Family.own_condition`) the
+rest, 1 - s(x), so `stylize_masked` runs once with K + 1 conditions. The content's own condition is the one
+that gives the family's alpha-0 output where it is placed (AdaIN: the content region's own relu4_1 statistics, so
+AdaIN is the identity there; arbitrary: the content's own style vector). Families whose alpha mixes pixels
+(`Family.alpha_pixels`, CIN: its table has no row that reproduces the content) run one pass at full strength
+and mix pixels instead: s * stylized + (1 - s) * content, the per-pixel form of their alpha.
+
+So an all-ones map is the plain stylization and an all-zeros map the alpha-0 output, in every family; `alpha`
+still scales the whole picture, and colour preservation runs after, as with masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from nst_jax.errors import ImageError, NstError
+from nst_jax.image import aspect_ratios_differ, fit_mask
+
+
+def check_family(family: Any) -> None:
+    """Refuse, in one line, a family that cannot take a strength map (`Caps.strength_map`)."""
+    if not family.caps.strength_map or (family.own_condition is None and not family.alpha_pixels):
+        raise NstError(f"a {family.name} model cannot take a strength map (it has no content-own condition and "
+                       f"its alpha does not mix pixels)")
+
+
+def prepare(strength_map: Any, n: int, hw: tuple[int, int]) -> np.ndarray:
+    """Check a strength map and stretch it to the content: (N, H, W) float32 in [0, 1].
+
+    Args:
+      strength_map: (H', W') for every image, or (N, H', W') one per image (or (1, H', W')), floats in [0, 1]; a
+        size other than the content's must have its aspect ratio (within 2%) and is resized bilinearly.
+      n: the batch size.
+      hw: the content's (H, W).
+
+    Raises:
+      NstError: wrong rank, batch, dtype or values; ImageError: another aspect ratio.
+    """
+    m = np.asarray(strength_map)
+    if not (np.issubdtype(m.dtype, np.floating) or np.issubdtype(m.dtype, np.integer)) or m.dtype == bool:
+        raise NstError(f"a strength map must be floats in [0, 1], got dtype {m.dtype}")
+    if m.ndim == 2:
+        m = m[None]
+    if m.ndim != 3 or m.shape[0] not in (1, n) or min(m.shape[1:]) < 1:
+        raise NstError(f"a strength map must be (H, W) or (N, H, W) with N = 1 or {n}, got shape {m.shape}")
+    m = m.astype(np.float32)
+    if not np.all(np.isfinite(m)) or m.min() < 0 or m.max() > 1:
+        raise NstError("a strength map must hold values in [0, 1]")
+    if m.shape[1:] != tuple(hw) and aspect_ratios_differ(m.shape[1:], hw):
+        raise ImageError(f"the strength map is {m.shape[2]}x{m.shape[1]} but the content is {hw[1]}x{hw[0]}: "
+                         f"their aspect ratios differ")
+    m = np.stack([fit_mask(mi, hw) for mi in m])
+    return np.ascontiguousarray(np.broadcast_to(m, (n,) + tuple(hw)), np.float32)
+
+
+def program(family: Any) -> Callable[..., Any]:
+    """The one-pass strength program of a family, for `nst_jax.stylize._jitted(family, "strength", program)`.
+
+    The function is (params, frozen, content, conditions, masks, strength, alpha, static) -> images, with
+    conditions of leading axes (N, K), masks None (K = 1: the style everywhere) or (N, H, W, K) placing them,
+    strength (N, H, W) in [0, 1] and alpha (N,).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    def run(params, frozen, content, conditions, masks, strength, alpha, static):
+        s = jnp.asarray(strength, jnp.float32)[..., None]
+        if family.own_condition is None:  # alpha mixes pixels: so does the map (`alpha_pixels`)
+            if masks is None:
+                one = jax.tree.map(lambda v: v[:, 0], conditions)
+                y = family.stylize(params, frozen, content, one, alpha, static)
+            else:
+                y = family.stylize_masked(params, frozen, content, conditions, masks, alpha, static)
+            c = jnp.asarray(content, jnp.float32)
+            return jnp.clip(y * s + c * (1.0 - s), 0.0, 1.0)
+        if masks is None:
+            placed = s
+        else:
+            m = jnp.asarray(masks, jnp.float32)
+            # Masks covering more than 1 are normalised (as the families do); what they leave uncovered and
+            # what the map takes away both go to the content's own condition.
+            placed = m / jnp.maximum(jnp.sum(m, axis=-1, keepdims=True), 1.0) * s
+        weights = jnp.concatenate([placed, 1.0 - jnp.sum(placed, axis=-1, keepdims=True)], axis=-1)
+        own = family.own_condition(params, frozen, content, weights, static)
+        n = weights.shape[0]
+        own = jax.tree.map(lambda v: jnp.broadcast_to(v, (n,) + v.shape[1:]), own)
+        conds = jax.tree.map(lambda c, o: jnp.concatenate([c, o[:, None].astype(c.dtype)], axis=1), conditions, own)
+        return family.stylize_masked(params, frozen, content, conds, weights, alpha, static)
+
+    return run
+
+
+def gradient(hw: tuple[int, int], *, kind: str = "radial", center: Sequence[float] = (0.5, 0.5),
+             radius: float = 0.5, angle: float = 0.0, softness: float = 0.5, invert: bool = False) -> np.ndarray:
+    """A smooth strength map (the live page's control): (H, W) float32 in [0, 1].
+
+    Args:
+      hw: (H, W).
+      kind: "radial" (full strength inside `radius` of `center`, fading outwards) or "linear" (fading along the
+        direction `angle`, full strength on the far side of the line through `center`).
+      center: (x, y) as fractions of the width and height.
+      radius: radial: the radius of full strength, as a fraction of the image's diagonal / 2.
+      angle: linear: the direction towards full strength, degrees (0 = to the right, 90 = down).
+      softness: the width of the fade, as a fraction of the diagonal / 2 (0 = a hard edge).
+      invert: swap the strong and weak sides.
+    """
+    h, w = hw
+    if kind not in ("radial", "linear"):
+        raise NstError(f"a strength gradient is radial or linear, not {kind!r}")
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    half_diag = max(float(np.hypot(h, w)) / 2.0, 1.0)
+    dx = (xx + 0.5 - float(center[0]) * w) / half_diag
+    dy = (yy + 0.5 - float(center[1]) * h) / half_diag
+    soft = max(float(softness), 1e-6)
+    if kind == "radial":
+        m = 1.0 - (np.hypot(dx, dy) - float(radius)) / soft
+    else:
+        t = np.deg2rad(float(angle))
+        m = 0.5 + (dx * np.cos(t) + dy * np.sin(t)) / soft
+    m = np.clip(m, 0.0, 1.0).astype(np.float32)
+    return 1.0 - m if invert else m
