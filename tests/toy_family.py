@@ -12,7 +12,7 @@ colour_s the row's target RGB colour from `config.toy.colors`. No loss network: 
 the pictures.
 
 Config keys (under `config.toy`): num_styles (S), colors (S RGB triples in [0, 1]), eps. The family is
-registered at run time by the tests (`nst_jax.models.MODELS["toy"] = "toy_family"`; tests/ is on sys.path).
+registered at run time by the tests (`nst_jax.models.register(FAMILY)`; tests/ is on sys.path).
 """
 
 from __future__ import annotations
