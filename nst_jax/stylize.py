@@ -197,17 +197,13 @@ class Stylizer:
         return cond
 
     def _table_condition(self, style: Any) -> Any:
-        n = self.num_styles
+        # Called as is (not jitted): a table family's condition is bookkeeping on the weights, and it checks
+        # indices against its table only where they are concrete values (`StyleError`).
         if isinstance(style, int | np.integer):
-            if not 0 <= int(style) < n:
-                raise NstError(f"style index {int(style)} is out of range: this model has {n} styles (0-{n - 1})")
-            w = np.zeros((1, n), np.float32)
-            w[0, int(style)] = 1.0
-        else:
-            w = np.asarray(style, np.float32).reshape(1, -1)
-            if w.shape[1] != n:
-                raise NstError(f"style weights have {w.shape[1]} values; this model has {n} styles")
-        return self._cond_fn(self.params, self.frozen, jnp.asarray(w))
+            style = np.asarray([int(style)])
+        elif not np.issubdtype(np.asarray(style).dtype, np.integer):
+            style = np.asarray(style, np.float32).reshape(1, -1)
+        return self.family.condition(self.params, self.frozen, style, static=self.static)
 
     @property
     def num_styles(self) -> int | None:

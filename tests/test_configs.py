@@ -7,7 +7,6 @@ import importlib
 import pytest
 
 import helpers
-
 from nst_jax import models, train
 
 RECIPES = ("adain", "cin", "arbitrary", "tiny", "tiny_cin", "tiny_arbitrary")

@@ -10,7 +10,7 @@ import pytest
 
 import toy_family as toy
 from nst_jax import models, stylize
-from nst_jax.errors import NstError
+from nst_jax.errors import InputError, NstError, StyleError
 from nst_jax.models import protocols
 from nst_jax.models.open import Loaded
 
@@ -69,3 +69,23 @@ def test_register_unregister_and_fresh_programs_for_a_replaced_family():
     assert toy.NAME not in models.MODELS
     with pytest.raises(NstError, match="unknown model family 'toy'"):
         models.get(toy.NAME)
+
+
+def test_models_raise_user_errors_the_stylizer_no_longer_rechecks():
+    """A style outside the table is the family's `StyleError` (an `NstError`: one line on the command line)."""
+    params = jax.tree.map(np.asarray, toy.init_params(jax.random.PRNGKey(0)))
+    st = stylize.Stylizer(Loaded(toy.FAMILY, params, {}, toy.ToySpec(), "toy"))
+    x = np.random.default_rng(0).random((1, 8, 8, 3), np.float32)
+    with pytest.raises(StyleError, match=r"out of range: this model has 2 styles \(0-1\)"):
+        st.stylize(x, [2])
+    with pytest.raises(StyleError, match="style weights have 3 values; this model has 2 styles"):
+        st.stylize(x, [np.ones(3, np.float32)])
+
+    from nst_jax.models import cin
+
+    cin_params = {"contract": {"0": {"norm": {"gamma": np.ones((3, 8), np.float32)}}}}  # a 3-row table
+    with pytest.raises(StyleError, match=r"style index 3 is out of range: this model has 3 styles \(0-2\)"):
+        cin.condition(cin_params, {}, np.array([0, 3]))
+    with pytest.raises(StyleError, match=r"\(N, 3\)"):
+        cin.condition(cin_params, {}, np.ones((1, 4), np.float32))
+    assert issubclass(StyleError, NstError) and issubclass(InputError, NstError)

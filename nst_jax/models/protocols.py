@@ -2,10 +2,11 @@
 
 `INFERENCE` is what stylization, video, the live page and export call (pure and jit-able where they run inside a
 program: NHWC float32 RGB in [0, 1] at every boundary; `static` the hashable identity the functions are specialised
-on, passed by keyword because the programs take it as a static argument). `TRAINING` is what the
-family-neutral loop (`nst_jax.train`) calls (`static` positional there: the loop binds it with `partial`). The record keeps its fields flat (`family.stylize`, ...); the groups
-name them, and `check_family` holds a family's functions to these signatures when it is registered
-(`nst_jax.models.register`), so a wrong arity fails there, with the field's name, instead of inside a trace.
+on, passed by keyword because the programs take it as a static argument). `TRAINING` is what the family-neutral
+loop (`nst_jax.train`) calls (`static` positional there: the loop binds it with `partial`). The record keeps its
+fields flat (`family.stylize`, ...); the groups name them, and `check_family` holds a family's functions to these
+signatures when it is registered (`nst_jax.models.register`), so a wrong arity fails there, with the field's
+name, instead of inside a trace.
 
 Arguments before the `/` are positional: families name them as they like.
 """
