@@ -248,7 +248,9 @@ class StatForward:
     Conditions have a leading axis N (with masks (N, K, ...)), alpha is (N,), masks None or (N, H, W, K) at the
     content's resolution. `analyse` is the network up to its last statistics (AdaIN: the encoder; the rest is
     dead code in its program), `forward` the whole pass with its image (the per-frame output when `stats` is
-    None), `render` the whole pass with given statistics. The programs are the Stylizer's own jit cache.
+    None), `render` the whole pass with given statistics. `smooth` (consecutive frames of one video) and
+    `smooth_streams` (one frame of each of N live streams) do analysis, smoothing and rendering in one program, so
+    the network before the statistics runs once per frame. The programs are the Stylizer's own jit cache.
 
     Args:
       stylizer: a `nst_jax.stylize.Stylizer`.
