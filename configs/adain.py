@@ -29,18 +29,20 @@ from configs import default
 def get_config() -> ml_collections.ConfigDict:
     """The paper's recipe (see the module docstring)."""
     c = default.get_config()
-    c.model = "adain"
+    c.model = "adain"              # the model family: a key of nst_jax.models.MODELS
     c.content_data = "tfds:coco/2017"
     c.style_data = "folder:data/wikiart"
+    c.style_split = "train"
     c.image_size = 256
     c.resize_size = 512
     c.resize_mode = "shorter"
     c.augment = "crop"
-    c.vgg_weights = "adain"
+    c.vgg_weights = "adain"        # registry name, weights file, or "random" / "random:adain" (tests only)
     c.content_weight = 1.0
     c.style_weight = 10.0
     c.style_layers = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
     c.style_layer_weights = (1.0, 1.0, 1.0, 1.0)
+    c.convolutions = "winograd"    # wide 3x3 convolutions by Winograd F(4x4, 3x3), or "direct"
     c.batch_size = 8
     c.num_steps = 160_000
     c.learning_rate = 1e-4

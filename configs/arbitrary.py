@@ -46,6 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
     })
     c.content_data = "tfds:imagenet2012"
     c.style_data = "tfds:dtd"
+    c.style_split = "train"
     c.image_size = 256
     c.resize_size = 256
     c.resize_mode = "shorter"

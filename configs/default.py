@@ -1,10 +1,12 @@
-"""Every key the training loop reads, with defaults; experiment configs (adain.py, tiny.py, ...) start here.
+"""The keys every family's training shares, with defaults; each family's recipe (adain.py, cin.py, arbitrary.py)
+starts here and adds its own.
 
-`model` names the family (`nst_jax.models.MODELS`); the loop, data, optimisation and bookkeeping keys are the
-same for every family, and the loss keys below default to the AdaIN recipe (the default family): a family's
-own config file overrides what is its own. Keys that users and scripts rely on keep these names: num_steps,
-batch_size, image_size, learning_rate, style_weight, content_weight, seed, log_every, checkpoint_every,
-vgg_weights, content_data, style_data.
+Family-neutral: no model and no loss. The loop, data, optimisation, stability and bookkeeping keys are the same
+for every family; a family's config sets `model` (a key of `nst_jax.models.MODELS`) and only the keys its family
+reads (AdaIN: `vgg_weights`, `content_weight`, `style_weight`, `style_layers`, `style_layer_weights`,
+`convolutions`; CIN: `cin`, `style_images`, ...). Keys that users and scripts rely on keep these names:
+num_steps, batch_size, image_size, learning_rate, style_weight, content_weight, seed, log_every,
+checkpoint_every, vgg_weights, content_data, style_data.
 """
 
 from __future__ import annotations
@@ -13,15 +15,13 @@ import ml_collections
 
 
 def get_config() -> ml_collections.ConfigDict:
-    """The default training configuration (the AdaIN recipe; configs/adain.py cites the sources)."""
+    """The shared part of every training configuration (a family's config adds `model` and its own keys)."""
     c = ml_collections.ConfigDict()
-    c.model = "adain"              # the model family: a key of nst_jax.models.MODELS
 
     # --- data: "tfds:NAME[/CONFIG][:VERSION]" or "folder:PATH" (searched recursively for image files)
-    c.content_data = "tfds:coco/2017"
-    c.style_data = "folder:data/wikiart"
+    # (a family whose styles come from a dataset adds `style_data` and `style_split` in the same form)
+    c.content_data = ""            # set by each recipe
     c.content_split = "train"
-    c.style_split = "train"
     c.tfds_data_dir = ""          # "" = tfds's default (~/tensorflow_datasets or $TFDS_DATA_DIR)
     c.image_key = "image"          # the tfds feature holding the image
     c.image_size = 256             # training crop (square), a multiple of 8
@@ -32,14 +32,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.data_threads = 8             # decoding threads per stream
     c.prefetch_batches = 4         # decoded batches kept ready per stream
 
-    # --- model and loss
-    c.vgg_weights = "adain"        # registry name, weights file, or "random" / "random:adain" (tests only)
-    c.content_weight = 1.0
-    c.style_weight = 10.0
-    c.style_layers = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
-    c.style_layer_weights = (1.0, 1.0, 1.0, 1.0)
+    # --- compute and the training-time stability term (`nst_jax.stability`, every family)
     c.dtype = "float32"            # compute dtype of the networks: "float32" or "bfloat16" (GPU/TPU)
-    c.convolutions = "winograd"    # wide 3x3 convolutions by Winograd F(4x4, 3x3), or "direct" (AdaIN)
     # a random small shift/rotation/noise of the content must give the same shift of the output (Gupta et al.
     # 2017, ReCoNet 2018; nst_jax.stability); 0 = off. One more encoder + decoder pass per step when on.
     c.stability_weight = 0.0

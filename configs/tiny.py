@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import default
+from configs import adain
 
 
 def get_config() -> ml_collections.ConfigDict:
-    """The tiny test configuration."""
-    c = default.get_config()
+    """The tiny test configuration (AdaIN)."""
+    c = adain.get_config()
     c.content_data = "tfds:dtd"
     c.style_data = "tfds:dtd"
     c.image_size = 32

@@ -25,3 +25,13 @@ class DownloadError(NstError):
 
 class TrainingDiverged(NstError):
     """The loss or the gradients became NaN or infinite during training."""
+
+
+class StyleError(NstError, ValueError):
+    """A style the model cannot use: an index outside its style table, weights of the wrong length, a style
+    image for a model that takes table indices."""
+
+
+class InputError(NstError, ValueError):
+    """Content, masks or conditions of a shape or size the model cannot take (raised while tracing, from the
+    shapes alone)."""

@@ -18,6 +18,7 @@ false one (one frame normalised with its own).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -247,7 +248,9 @@ class StatForward:
     Conditions have a leading axis N (with masks (N, K, ...)), alpha is (N,), masks None or (N, H, W, K) at the
     content's resolution. `analyse` is the network up to its last statistics (AdaIN: the encoder; the rest is
     dead code in its program), `forward` the whole pass with its image (the per-frame output when `stats` is
-    None), `render` the whole pass with given statistics. The programs are the Stylizer's own jit cache.
+    None), `render` the whole pass with given statistics. `smooth` (consecutive frames of one video) and
+    `smooth_streams` (one frame of each of N live streams) do analysis, smoothing and rendering in one program, so
+    the network before the statistics runs once per frame. The programs are the Stylizer's own jit cache.
 
     Args:
       stylizer: a `nst_jax.stylize.Stylizer`.
@@ -306,6 +309,53 @@ class StatForward:
                                              np.float32(smoother.cut_ratio), v)
         smoother._record(cuts, v)
         return out, ref
+
+
+    def smooth_streams(self, content: Any, condition: Any, alpha: Any, states: Sequence[SmoothState | None],
+                       strengths: Any, masks: Any = None, cut_ratio: float = CUT_RATIO
+                       ) -> tuple[Array, list[SmoothState]]:
+        """One frame of each of N independent streams (the live page's batch, one client per row): each frame's
+        statistics smoothed with its own stream's state, in one compiled program per batch shape. The program
+        analyses, smooths (`smooth_step` under vmap over the streams) and renders, so XLA computes what does not
+        depend on the statistics once (AdaIN: one encoder pass per frame instead of `analyse` + `render`'s two).
+
+        Args:
+          content, condition, alpha, masks: as `forward` (leading axis N).
+          states: N `SmoothState`s (one frame each, no batch axis), None for a stream's first frame or a padding
+            row (a fresh state: the frame keeps its own statistics, bit for bit, as at strength 0).
+          strengths: N EMA weights of the past in [0, 1) (or one for all).
+          cut_ratio: scene-cut threshold (`smooth_step`).
+
+        Returns:
+          (images (N, H, W, 3) float32 in [0, 1], the N new states), as `analyse`, `smooth_frame` per stream and
+          `render` give them (to float32 rounding).
+        """
+        args = self._args(content, condition, alpha, masks)
+        n = args[2].shape[0]
+        if len(states) != n:
+            raise NstError(f"got {len(states)} smoothing states for {n} frames")
+        if any(s is None for s in states):
+            own = jax.eval_shape(partial(self.st.family.norm_stats, static=self.st.static), *args)
+            fresh = init_state(own)
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *(fresh if s is None else s for s in states))
+        strength = np.broadcast_to(np.asarray(strengths, np.float32), (n,))
+        run = _jitted_pass(self.st, "smoothed_streams", _streams_pass)
+        out, new = run(*args, stacked, strength, np.float32(cut_ratio))
+        return out, [jax.tree.map(lambda v, i=i: v[i], new) for i in range(n)]
+
+
+def _streams_pass(family: Any) -> Any:
+    """`StatForward.smooth_streams`'s program for `family`: own statistics, `smooth_step` per stream, the pass."""
+    step = jax.vmap(smooth_step, in_axes=(0, 0, 0, None))
+
+    def run(params: Any, frozen: Any, content: Array, condition: Any, masks: Any, alpha: Array,
+            states: SmoothState, strengths: Array, cut_ratio: Array, static: Any) -> tuple[Array, SmoothState]:
+        _, own = family.stats_forward(params, frozen, content, condition, masks, alpha, None, static)
+        smoothed, states, _ = step(states, own, strengths, cut_ratio)
+        out, _ = family.stats_forward(params, frozen, content, condition, masks, alpha, smoothed, static)
+        return out, states
+
+    return run
 
 
 def _jitted_pass(stylizer: Any, what: str, build: Any) -> Any:

@@ -23,6 +23,7 @@ the input; the extra bottom/right rows and columns are cropped, so outputs alway
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -198,17 +199,13 @@ class Stylizer:
         return cond
 
     def _table_condition(self, style: Any) -> Any:
-        n = self.num_styles
+        # Called as is (not jitted): a table family's condition is bookkeeping on the weights, and it checks
+        # indices against its table only where they are concrete values (`StyleError`).
         if isinstance(style, int | np.integer):
-            if not 0 <= int(style) < n:
-                raise NstError(f"style index {int(style)} is out of range: this model has {n} styles (0-{n - 1})")
-            w = np.zeros((1, n), np.float32)
-            w[0, int(style)] = 1.0
-        else:
-            w = np.asarray(style, np.float32).reshape(1, -1)
-            if w.shape[1] != n:
-                raise NstError(f"style weights have {w.shape[1]} values; this model has {n} styles")
-        return self._cond_fn(self.params, self.frozen, jnp.asarray(w))
+            style = np.asarray([int(style)])
+        elif not np.issubdtype(np.asarray(style).dtype, np.integer):
+            style = np.asarray(style, np.float32).reshape(1, -1)
+        return self.family.condition(self.params, self.frozen, style, static=self.static)
 
     @property
     def num_styles(self) -> int | None:
@@ -465,15 +462,25 @@ class Stylizer:
         return np.asarray(out, np.float32)
 
 
-_JITTED: dict[tuple[str, str], Any] = {}
+# (id(family), what) -> program. Keyed by the family object, not its name: a family registered again under the same
+# name (`models.register(..., replace=True)`) gets its own programs. An entry lives as long as its family does.
+_JITTED: dict[tuple[int, str], Any] = {}
 
 
 def _jitted(family: models.Family, what: str, build: Any = None) -> Any:
     """One jitted copy of each family function per process (static identity as a static argument); with
     `build`, the program `build(family)` composed over the family's functions, cached under `what` (e.g.
     `nst_jax.smoothing`'s smoothed pass)."""
-    key = (family.name, what)
+    key = (id(family), what)
     if key not in _JITTED:
+        if not any(k[0] == key[0] for k in _JITTED):
+            # ids are reused after collection: drop the family's programs with it
+            weakref.finalize(family, _forget, key[0])
         fn = getattr(family, what) if build is None else build(family)
         _JITTED[key] = runtime.jit(fn, family.compiler_options, static_argnames="static")
     return _JITTED[key]
+
+
+def _forget(family_id: int) -> None:
+    for k in [k for k in _JITTED if k[0] == family_id]:
+        del _JITTED[k]

@@ -2,8 +2,8 @@
 `Stylizer` (indices, blends, masks, alpha), `nst-jax video --stabilize`, the live batcher's smoothing,
 `nst-jax export` checked in onnxruntime, and the family-neutral training loop with an exact resume.
 
-Nothing in nst_jax names the toy: it is a `MODELS` entry added here, and its trained workdir is what the command
-line opens (`--model WORKDIR`).
+Nothing in nst_jax names the toy: it is registered here (`models.register`), and its trained workdir is what the
+command line opens (`--model WORKDIR`).
 """
 
 from __future__ import annotations
@@ -30,13 +30,10 @@ H, W = 24, 32
 
 @pytest.fixture(scope="module", autouse=True)
 def family():
-    """The toy registered as `MODELS["toy"]` for this module (and forgotten after it)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(models.MODELS, toy.NAME, "toy_family")
-        yield models.get(toy.NAME)
-    # `models.get` caches families by name and the registry has no way to unregister: drop ours, so that no
-    # later module sees a family that `MODELS` no longer lists.
-    models._CACHE.pop(toy.NAME, None)
+    """The toy registered at run time for this module (`models.register`), and unregistered after it."""
+    models.register(toy.FAMILY)
+    yield models.get(toy.NAME)
+    models.unregister(toy.NAME)
 
 
 @pytest.fixture(scope="module")

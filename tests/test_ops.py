@@ -417,3 +417,13 @@ def test_winograd_strategy_leaves_narrow_layers_to_conv_plain(rng):
     np.testing.assert_array_equal(ops.conv_winograd(x, layer, "zero"), ops.conv_plain(x, layer, "zero"))
     with pytest.raises(ValueError, match="3x3"):
         ops.conv3x3_winograd(x, layer["kernel"][:1], None, "zero")
+
+
+def test_ops_still_exports_every_convolution_name():
+    """The strategies moved to `nst_jax.convs` and `nst_jax.winograd`; `nst_jax.ops` keeps every name."""
+    from nst_jax import convs, winograd
+
+    for module in (convs, winograd):
+        for name in module.__all__:
+            assert getattr(ops, name) is getattr(module, name), name
+    assert ops._pool_padding is ops.pool_padding

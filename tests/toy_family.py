@@ -12,7 +12,7 @@ colour_s the row's target RGB colour from `config.toy.colors`. No loss network: 
 the pictures.
 
 Config keys (under `config.toy`): num_styles (S), colors (S RGB triples in [0, 1]), eps. The family is
-registered at run time by the tests (`nst_jax.models.MODELS["toy"] = "toy_family"`; tests/ is on sys.path).
+registered at run time by the tests (`nst_jax.models.register(FAMILY)`; tests/ is on sys.path).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from nst_jax.errors import StyleError
 from nst_jax.models import Caps, Export, Family, MeanVar, blend_conditions
 
 NAME = "toy"
@@ -148,10 +149,14 @@ def condition(params: Mapping[str, Any], frozen: Any, style: Any, static: Any = 
     """{"weights": (N, S)} from weights (N, S) / (S,) or integer indices (N,)."""
     del frozen, static
     s = num_styles(params)
-    style = jnp.asarray(style)
+    style = style if isinstance(style, jax.core.Tracer) else np.asarray(style)
     if jnp.issubdtype(style.dtype, jnp.integer):
+        if isinstance(style, np.ndarray) and not ((style >= 0) & (style < s)).all():
+            raise StyleError(f"style index out of range: this model has {s} styles (0-{s - 1})")
         return {"weights": jax.nn.one_hot(style.reshape(-1), s, dtype=jnp.float32)}
-    return {"weights": style.reshape(-1, s).astype(jnp.float32)}
+    if style.shape[-1] != s:
+        raise StyleError(f"style weights have {style.shape[-1]} values; this model has {s} styles")
+    return {"weights": jnp.asarray(style, jnp.float32).reshape(-1, s)}
 
 
 def _rows(content: Any, condition: Mapping[str, Any], masks: Any) -> tuple[Any, Any]:

@@ -63,6 +63,10 @@ Training (the family-neutral loop in `nst_jax.train`):
   loop loaded for `config.init_from` (`nst_jax.models.pretrained`).
 - `validate_config(config)`: family-specific checks, errors naming `config.<key>`.
 
+The signatures are `Protocol`s in `nst_jax.models.protocols`, grouped there as `INFERENCE` and `TRAINING` (the
+record stays flat: `family.stylize`, ...). A family defined elsewhere joins at run time with
+`register(family)` (checked against those signatures) and leaves with `unregister(name)`.
+
 Parameters are plain pytrees throughout (no NNX modules): frozen ported weights are arrays passed in, trainable
 ones are the optimiser's tree.
 """
@@ -71,10 +75,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 from nst_jax.errors import NstError
+from nst_jax.models import protocols as P
 
 # name -> module path (imported on first use, so `nst-jax --help` stays fast)
 MODELS: dict[str, str] = {
@@ -153,33 +157,48 @@ class Export:
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-    """The functions and capabilities of one model family (see the module docstring)."""
+    """The functions and capabilities of one model family (see the module docstring).
+
+    Each callable field has its `Protocol` in `nst_jax.models.protocols`, which groups them: `INFERENCE`
+    (condition, blend, stylize, stylize_masked, stats_forward, inference_setup, encoder_setup, num_styles) and
+    `TRAINING` (init_params, setup, open_streams, loss_fn, sample, trainable_mask, start_params,
+    validate_config); `inference_fields()` / `training_fields()` give a family's own. The rest are data.
+    """
 
     name: str
     caps: Caps
-    init_params: Callable[..., Any]
-    setup: Callable[..., Any] | None
-    open_streams: Callable[..., Any] | None
-    loss_fn: Callable[..., Any] | None
-    sample: Callable[..., Any] | None
-    condition: Callable[..., Any]
-    stylize: Callable[..., Any]
-    stylize_masked: Callable[..., Any] | None = None
-    blend: Callable[..., Any] | None = None
-    trainable_mask: Callable[..., Any] | None = None
-    start_params: Callable[..., Any] | None = None
-    validate_config: Callable[..., Any] | None = None
-    inference_setup: Callable[..., Any] | None = None
-    num_styles: Callable[..., Any] | None = None
+    # (fields in their historical order; the groups are protocols.INFERENCE and protocols.TRAINING)
+    init_params: P.InitParamsFn
+    setup: P.SetupFn | None
+    open_streams: P.OpenStreamsFn | None
+    loss_fn: P.LossFn | None
+    sample: P.SampleFn | None
+    condition: P.ConditionFn
+    stylize: P.StylizeFn
+    stylize_masked: P.StylizeMaskedFn | None = None
+    blend: P.BlendFn | None = None
+    trainable_mask: P.TrainableMaskFn | None = None
+    start_params: P.StartParamsFn | None = None
+    validate_config: P.ValidateConfigFn | None = None
+    inference_setup: P.InferenceSetupFn | None = None
+    num_styles: P.NumStylesFn | None = None
     compiler_options: dict[str, str] | None = None
     export: Export | None = None
-    stats_forward: Callable[..., Any] | None = None
+    stats_forward: P.StatsForwardFn | None = None
     video_strength: float = 0.0
     dtypes: tuple[str, ...] = ("float32",)
-    encoder_setup: Callable[..., Any] | None = None
+    encoder_setup: P.EncoderSetupFn | None = None
     stats_type: type | None = None
     own_condition: Callable[..., Any] | None = None
     alpha_pixels: bool = False
+
+    def inference_fields(self) -> dict[str, Any]:
+        """The inference part: {field: function} for the fields of `protocols.INFERENCE` this family has."""
+        return {k: getattr(self, k) for k in P.INFERENCE if getattr(self, k) is not None}
+
+    def training_fields(self) -> dict[str, Any]:
+        """The training part: {field: function} for the fields of `protocols.TRAINING` this family has."""
+        return {k: getattr(self, k) for k in P.TRAINING if getattr(self, k) is not None}
 
     def mix(self, conditions: Any, weights: Any) -> Any:
         """`blend` if the family has its own, else the generic convex mix."""
@@ -230,6 +249,39 @@ def get(name: str) -> Family:
     return family
 
 
+def register(family: Family, *, replace: bool = False) -> Family:
+    """Make `family` available by its name at run time (a family defined outside nst_jax, e.g. a test's).
+
+    Its functions are checked against the contract's signatures first (`protocols.check_family`). Compiled
+    programs are cached per family object (`nst_jax.stylize`), so a family registered again under the same name
+    never runs the previous one's programs.
+
+    Args:
+      family: the record; `family.name` becomes a key of `MODELS` (valued with the module that defines its
+        `condition`, for messages).
+      replace: allow taking over a name that is already registered.
+
+    Returns:
+      `family`.
+
+    Raises:
+      NstError: the name is taken (and not `replace`), or a function does not fit its Protocol.
+    """
+    P.check_family(family)
+    if family.name in MODELS and not replace:
+        raise NstError(f"a model family called {family.name!r} is already registered (pass replace=True)")
+    MODELS[family.name] = getattr(family.condition, "__module__", None) or "<registered>"
+    _CACHE[family.name] = family
+    return family
+
+
+def unregister(name: str) -> None:
+    """Forget the family called `name` (`register`'s inverse; a later `get(name)` fails unless it is
+    registered again). Unknown names are ignored."""
+    MODELS.pop(name, None)
+    _CACHE.pop(name, None)
+
+
 def _from_module(module: Any, name: str) -> Family:
     # A field the module does not define takes its default (None for the required ones).
     found = {f.name: getattr(module, f.name, None if f.default is dataclasses.MISSING else f.default)
@@ -238,4 +290,5 @@ def _from_module(module: Any, name: str) -> Family:
     return Family(name=name, caps=caps, **found)
 
 
-__all__ = ["MODELS", "Caps", "Export", "ExportBuilder", "Family", "MeanVar", "blend_conditions", "get"]
+__all__ = ["MODELS", "Caps", "Export", "ExportBuilder", "Family", "MeanVar", "blend_conditions", "get", "register",
+           "unregister"]

@@ -15,6 +15,7 @@ its ReLU) is relu1_2, relu2_2, relu3_3, relu4_3 or relu5_3.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,6 +25,33 @@ import jax.numpy as jnp
 from nst_jax.typing import Array
 
 Layers = tuple[tuple[str, ...], tuple[float, ...]]
+
+
+@dataclasses.dataclass(frozen=True)
+class GramLossTerms:
+    """The fields and properties the static losses of CIN (`CINLoss`) and the arbitrary network (`ArbitraryLoss`)
+    share: their VGG16 content and Gram style taps. A subclass adds its own fields, ending with a `stability`
+    (`nst_jax.stability.StabilityTerm`).
+
+    Attributes:
+      content_layers, content_weights: VGG16 taps of the content loss and their weights.
+      style_layers, style_weights: VGG16 taps of the Gram style loss and their weights.
+    """
+
+    content_layers: tuple[str, ...]
+    content_weights: tuple[float, ...]
+    style_layers: tuple[str, ...]
+    style_weights: tuple[float, ...]
+
+    @property
+    def wants_step(self) -> bool:
+        """Whether the loss needs `batch["step"]` (the stability term's random warps come from it)."""
+        return self.stability.on  # type: ignore[attr-defined]
+
+    @property
+    def taps(self) -> tuple[str, ...]:
+        """Every VGG16 tap read on the stylized and content images, in forward order."""
+        return in_order(self.content_layers, self.style_layers)
 
 
 def gram(f: Array) -> Array:
@@ -135,5 +163,5 @@ def load_loss_network(name: str, last: str) -> tuple[dict, Any]:
     return {k: {leaf: jnp.asarray(v, jnp.float32) for leaf, v in params[k].items()} for k in needed}, spec
 
 
-__all__ = ["content_loss", "gram", "in_order", "load_loss_network", "parse_layers", "style_loss",
+__all__ = ["GramLossTerms", "content_loss", "gram", "in_order", "load_loss_network", "parse_layers", "style_loss",
            "total_variation"]

@@ -11,6 +11,7 @@ from jax import lax
 
 from nst_jax import ops
 from nst_jax.convs import DN, area, depth_to_space, moments, space_to_depth
+from nst_jax.errors import InputError
 from nst_jax.models import blend_conditions
 from nst_jax.models.arbitrary.params import (
     BOTTLENECK,
@@ -106,17 +107,17 @@ class _Conditioning:
         self.kind = "vector"
         if masks is not None:
             if vectors.ndim != 3:
-                raise ValueError(f"with masks, vectors must be (N, K, {BOTTLENECK}), got {vectors.shape}")
+                raise InputError(f"with masks, vectors must be (N, K, {BOTTLENECK}), got {vectors.shape}")
             masks = jnp.asarray(masks, jnp.float32)
             if masks.ndim != 4 or masks.shape[-1] != vectors.shape[1]:
-                raise ValueError(f"masks must be (N, H, W, K={vectors.shape[1]}), got {masks.shape}")
+                raise InputError(f"masks must be (N, H, W, K={vectors.shape[1]}), got {masks.shape}")
             self.kind = "masks"
             self.masks = _pad_bottom_right(masks, pad_hw)
         elif vectors.ndim == 4:
             self.kind = "map"
             vectors = _pad_bottom_right(vectors, pad_hw)
         elif vectors.ndim != 2:
-            raise ValueError(f"vectors must be (N, {BOTTLENECK}) or a per-pixel map (N, H, W, {BOTTLENECK}), got "
+            raise InputError(f"vectors must be (N, {BOTTLENECK}) or a per-pixel map (N, H, W, {BOTTLENECK}), got "
                              f"{vectors.shape}")
         self.vectors = vectors
 
@@ -195,10 +196,10 @@ def transform(params: Params, content: Array, vectors: Array, *, masks: Array | 
     """
     n, h, w, _ = content.shape
     if h < MIN_SIDE or w < MIN_SIDE:
-        raise ValueError(f"content must be at least {MIN_SIDE} x {MIN_SIDE} pixels, got {h} x {w}")
+        raise InputError(f"content must be at least {MIN_SIDE} x {MIN_SIDE} pixels, got {h} x {w}")
     for name, m in (("masks", masks), ("vector map", vectors if jnp.ndim(vectors) == 4 else None)):
         if m is not None and tuple(jnp.shape(m)[1:3]) != (h, w):
-            raise ValueError(f"the {name} must be at the content's size {h} x {w}, got {tuple(jnp.shape(m))}")
+            raise InputError(f"the {name} must be at the content's size {h} x {w}, got {tuple(jnp.shape(m))}")
     hp, wp = padded_size(h, w)
     cond = _Conditioning(vectors, masks, (hp, wp))
     t = params["transformer"]

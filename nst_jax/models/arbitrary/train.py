@@ -24,6 +24,7 @@ from nst_jax.models.arbitrary.params import (
     tree_shapes,
 )
 from nst_jax.models.arbitrary.predictor import Net, predict, predict_from_stats, predict_vector, vgg_stats_features
+from nst_jax.models.magenta_loss import GramLossTerms
 from nst_jax.stability import StabilityTerm
 from nst_jax.typing import Array, Params
 
@@ -42,12 +43,12 @@ TRAIN_ONLY = {"all": ("predictor", "bottleneck", "style_params", "transformer"),
 
 
 @dataclasses.dataclass(frozen=True)
-class ArbitraryLoss:
+class ArbitraryLoss(GramLossTerms):
     """The static (hashable) part of the arbitrary network's training loss.
 
     Attributes:
-      content_layers, content_weights: VGG16 taps of the content loss and their weights.
-      style_layers, style_weights: VGG16 taps of the Gram style loss and their weights.
+      content_layers, content_weights, style_layers, style_weights: the VGG16 taps (`magenta_loss.GramLossTerms`,
+        with `taps`, read on the stylized and content images, and `wants_step`).
       tv_weight: the total-variation weight.
       vgg: the loss network's identity (VGGSpec, average pooling).
       net: the network's static identity (which predictor).
@@ -57,28 +58,12 @@ class ArbitraryLoss:
       stability: the training-time stability term (`nst_jax.stability`; off unless `config.stability_weight`).
     """
 
-    content_layers: tuple[str, ...]
-    content_weights: tuple[float, ...]
-    style_layers: tuple[str, ...]
-    style_weights: tuple[float, ...]
     tv_weight: float
     vgg: Any
     net: Net
     dtype: str = "float32"
     train_only: str = "all"
     stability: StabilityTerm = StabilityTerm()
-
-    @property
-    def wants_step(self) -> bool:
-        """Whether the loss needs `batch["step"]` (the stability term's random warps come from it)."""
-        return self.stability.on
-
-    @property
-    def taps(self) -> tuple[str, ...]:
-        """The taps read on the stylized and content images."""
-        from nst_jax.models import magenta_loss
-
-        return magenta_loss.in_order(self.content_layers, self.style_layers)
 
     @property
     def style_taps(self) -> tuple[str, ...]:

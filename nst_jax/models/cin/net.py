@@ -12,6 +12,7 @@ import numpy as np
 from jax import lax
 
 from nst_jax.convs import DN, area, depth_to_space, space_to_depth
+from nst_jax.errors import InputError, StyleError
 from nst_jax.models import blend_conditions
 from nst_jax.models.cin.spec import (
     Layer,
@@ -164,11 +165,11 @@ def apply(params: Mapping[str, Any], x: Array, weights: Array, spec: Transformer
     hp, wp = _round_up(height, m), _round_up(width, m)
     weights = jnp.asarray(weights, jnp.float32)
     if weights.ndim not in (2, 4) or weights.shape[-1] != spec.num_styles:
-        raise ValueError(f"style weights must be (N, {spec.num_styles}) or (N, H, W, {spec.num_styles}), "
+        raise InputError(f"style weights must be (N, {spec.num_styles}) or (N, H, W, {spec.num_styles}), "
                          f"got {weights.shape}")
     per_pixel = weights.ndim == 4
     if per_pixel and weights.shape[1:3] != (height, width):
-        raise ValueError(f"weight maps must be at the image's resolution {(height, width)}, got {weights.shape}")
+        raise InputError(f"weight maps must be at the image's resolution {(height, width)}, got {weights.shape}")
     if (hp, wp) != (height, width):
         widths = ((0, 0), (0, hp - height), (0, wp - width), (0, 0))
         x = jnp.pad(x, widths, mode="reflect")
@@ -255,16 +256,26 @@ def apply(params: Mapping[str, Any], x: Array, weights: Array, spec: Transformer
 
 
 def _as_weights(style: Array, num_styles: int) -> Array:
-    style = jnp.asarray(style)
+    """Weights (N, S) from indices (N,) or weights (N, S) / (S,); `StyleError` for a style outside the table
+    (indices are checked where they are concrete values, i.e. outside a traced program)."""
+    if isinstance(style, int | np.integer):
+        style = np.asarray([style])
+    if not isinstance(style, jax.core.Tracer):
+        style = np.asarray(style)
     if jnp.issubdtype(style.dtype, jnp.integer):
         if style.ndim != 1:
-            raise ValueError(f"style indices must be (N,), got {style.shape}")
+            raise StyleError(f"style indices must be (N,), got {style.shape}")
+        if isinstance(style, np.ndarray) and style.size and not ((style >= 0) & (style < num_styles)).all():
+            bad = int(style[(style < 0) | (style >= num_styles)][0])
+            raise StyleError(f"style index {bad} is out of range: this model has {num_styles} styles "
+                             f"(0-{num_styles - 1})")
         return jax.nn.one_hot(style, num_styles, dtype=jnp.float32)
     if style.ndim == 1:
         style = style[None, :]
     if style.ndim != 2 or style.shape[-1] != num_styles:
-        raise ValueError(f"style weights must be (N, {num_styles}), got {style.shape}")
-    return style.astype(jnp.float32)
+        raise StyleError(f"style weights must be (N, {num_styles}) (this model has {num_styles} styles), got "
+                         f"{style.shape}")
+    return jnp.asarray(style, jnp.float32)
 
 
 def num_styles(params: Mapping[str, Any]) -> int:

@@ -28,12 +28,12 @@ from nst_jax.typing import Array, Params
 
 
 @dataclasses.dataclass(frozen=True)
-class CINLoss:
+class CINLoss(magenta_loss.GramLossTerms):
     """The static (hashable) part of the CIN training loss.
 
     Attributes:
-      content_layers, content_weights: VGG16 taps of the content loss and their weights.
-      style_layers, style_weights: VGG16 taps of the Gram style loss and their weights.
+      content_layers, content_weights, style_layers, style_weights: the VGG16 taps (`magenta_loss.GramLossTerms`,
+        with `taps` and `wants_step`).
       vgg: the loss network's identity.
       spec: the transformer's layout (its `num_styles` is the table size, grown rows included).
       dtype: compute dtype.
@@ -42,26 +42,12 @@ class CINLoss:
       stability: the training-time stability term (`nst_jax.stability`; off unless `config.stability_weight`).
     """
 
-    content_layers: tuple[str, ...]
-    content_weights: tuple[float, ...]
-    style_layers: tuple[str, ...]
-    style_weights: tuple[float, ...]
     vgg: Any
     spec: TransformerSpec
     dtype: str = "float32"
     num_styles: int = 1
     style_offset: int = 0
     stability: StabilityTerm = StabilityTerm()
-
-    @property
-    def wants_step(self) -> bool:
-        """Whether the loss needs `batch["step"]` (the stability term's random warps come from it)."""
-        return self.stability.on
-
-    @property
-    def taps(self) -> tuple[str, ...]:
-        """Every VGG16 tap the loss reads, in forward order."""
-        return magenta_loss.in_order(self.content_layers, self.style_layers)
 
 
 def _cfg(config: Any, key: str, default: Any = None) -> Any:
