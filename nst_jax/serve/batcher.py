@@ -275,24 +275,21 @@ class Batcher:
 
     def _call_smoothed(self, jobs: Sequence[Job], content: np.ndarray, condition: Condition,
                        alpha: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
-        """Analyse the batch, smooth each frame's statistics with its stream's state, render."""
-        from nst_jax.smoothing import smooth_frame
-
-        n = len(jobs)
-        sf = self._stat_model()
-        aux, own = sf.analyse(content, condition, alpha, masks)
-        own = jax.tree.map(np.asarray, own)
-        frames = []
-        for i, j in enumerate(jobs):
-            mine = jax.tree.map(lambda v, i=i: v[i], own)
-            state = self._smooth.get(j.stream)
-            if state is not None and _shapes(state.previous) != _shapes(mine):
-                state = None  # the stream's statistics changed form (masks on or off): start afresh
-            out, self._smooth[j.stream] = smooth_frame(state, mine, j.smoothing)
-            frames.append(jax.tree.map(np.asarray, out))
-        # padding frames keep their own statistics
-        stats = jax.tree.map(lambda v, *fs: np.concatenate([np.stack(fs), v[n:]]), own, *frames)
-        return np.asarray(sf.render(aux, condition, alpha, stats, masks))[:n]
+        """Analyse the batch, smooth each frame's statistics with its stream's state and render, in one program
+        (`StatForward.smooth_streams`: the network up to its statistics runs once per frame)."""
+        n, rows = len(jobs), content.shape[0]
+        # a stream's statistics change form when its frame size or masks do: it then starts afresh
+        form = (content.shape[1:], None if masks is None else masks.shape[1:])
+        states = []
+        for j in jobs:
+            kept = self._smooth.get(j.stream)
+            states.append(kept[1] if kept is not None and kept[0] == form else None)
+        states += [None] * (rows - n)  # padding rows: a fresh state keeps their own statistics
+        strengths = [j.smoothing for j in jobs] + [0.0] * (rows - n)
+        out, new = self._stat_model().smooth_streams(content, condition, alpha, states, strengths, masks)
+        for j, state in zip(jobs, new, strict=False):
+            self._smooth[j.stream] = (form, state)
+        return np.asarray(out)[:n]
 
     # --- event loop -----------------------------------------------------------------------------------------
 
@@ -388,10 +385,6 @@ class Batcher:
             self._wake.set()
         self._pending.clear()
         self.executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _shapes(stats: Any) -> tuple:
-    return jax.tree.structure(stats), [np.shape(v) for v in jax.tree.leaves(stats)]
 
 
 # The largest smoothing strength the page may ask for (1 would freeze the statistics).
