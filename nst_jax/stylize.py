@@ -33,11 +33,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import color, models, runtime
+from nst_jax import color, models, runtime, tiling
 from nst_jax.checks import normalise_weights
 from nst_jax.errors import NstError
 from nst_jax.files import array_digest
-from nst_jax.image import masks_to_grid
+from nst_jax.image import masks_to_grid, to_uint8
 from nst_jax.models import adain
 from nst_jax.models.open import Loaded, open_model
 from nst_jax.typing import Array
@@ -330,7 +330,8 @@ class Stylizer:
 
     def stylize(self, content: Any, styles: Sequence[Any], *, weights: Sequence[float] | None = None,
                 alpha: float | Sequence[float] = 1.0, masks: Sequence[Any] | None = None,
-                preserve_color: ColorMode | None = None) -> np.ndarray:
+                preserve_color: ColorMode | None = None, tile: int | str | None = None,
+                tile_stats: str | None = None, memory_budget: int | str | None = None) -> np.ndarray:
         """Stylize a batch of content images with one style, a blend of styles, or masked styles.
 
         Args:
@@ -344,44 +345,93 @@ class Stylizer:
             with `weights`.
           preserve_color: None, "luminance" (keep the content's chroma) or "histogram" (CORAL each style image
             to the content's colours before taking its statistics).
+          tile: None (one pass), "auto" (tiles where the image would not fit `memory_budget`) or a tile side in
+            pixels: tiled stylization with the whole image's statistics (`nst_jax.tiling`, docs/tiling.md).
+          tile_stats: where tiles' statistics come from: "exact" or "thumbnail" (None: the family's default).
+          memory_budget: bytes (or a size such as "2G") of working memory for one pass (None: a quarter of the
+            available memory).
 
         Returns:
           (N, H, W, 3) float32 NumPy array in [0, 1].
         """
         x = _as_batch(content, "content")
         n, H, W, _ = x.shape
+        cond, m = self._request(x, styles, weights, masks, preserve_color)
+        a = jnp.asarray(_alphas(alpha, n))
+        tile_plan = self.tile_plan(H, W, tile, memory_budget)
+        if tile_plan is not None:
+            return np.stack([tiling.stylize_tiled(
+                self, x[i], jax.tree.map(lambda v, i=i: v[i:i + 1], cond), None if m is None else m, a[i:i + 1],
+                tile_plan, stats=tile_stats, luminance=preserve_color == "luminance", progress=False)
+                for i in range(n)])
+        xj = jnp.asarray(x, self.dtype)
+        if m is None:
+            out = self._forward_fn(self.params, self.frozen, xj, cond, a)
+        else:
+            out = self._masked_fn(self.params, self.frozen, xj, cond, jnp.broadcast_to(jnp.asarray(m), (n,) + m.shape),
+                                  a)
+        if preserve_color == "luminance":
+            out = color.luminance_transfer(out, jnp.asarray(x))
+        return np.asarray(out, np.float32)
+
+    def tile_plan(self, height: int, width: int, tile: int | str | None, memory_budget: int | str | None = None
+                  ) -> tiling.TilePlan | None:
+        """The tiles an image of `height` x `width` runs in, or None (one pass): `nst_jax.tiling.plan_for`."""
+        return tiling.plan_for(self.family, height, width, tile, memory_budget)
+
+    def stylize_image(self, image: np.ndarray, styles: Sequence[Any], *, weights: Sequence[float] | None = None,
+                      alpha: float = 1.0, masks: Sequence[Any] | None = None,
+                      preserve_color: ColorMode | None = None, tile: int | str | None = "auto",
+                      tile_stats: str | None = None, memory_budget: int | str | None = None,
+                      progress: bool = False, verbose: bool = False) -> np.ndarray:
+        """One image of any size, (H, W, 3) uint8 (`nst_jax.image.load_uint8`), stylized into a new uint8 array,
+        in tiles where it would not fit the budget; `stylize`'s arguments. The whole image is never held as
+        float32 when tiled ("histogram" recolours the styles to its thumbnail).
+
+        Returns:
+          (H, W, 3) uint8.
+        """
+        img = np.asarray(image)
+        if img.ndim != 3 or img.shape[-1] != 3 or img.dtype != np.uint8:
+            raise NstError(f"stylize_image takes an (H, W, 3) uint8 image, got {img.dtype} {img.shape}")
+        H, W = img.shape[:2]
+        tile_plan = self.tile_plan(H, W, tile, memory_budget)
+        if tile_plan is None:
+            return to_uint8(self.stylize(tiling.as_float(img), styles, weights=weights, alpha=alpha, masks=masks,
+                                         preserve_color=preserve_color)[0])
+        small = tiling.thumbnail(img, 1)[None] if preserve_color == "histogram" else np.zeros((1, 1, 1, 3), np.float32)
+        cond, m = self._request(small, styles, weights, masks, preserve_color, hw=(H, W))
+        return tiling.stylize_tiled(self, img, cond, m, _alphas(alpha, 1), tile_plan, stats=tile_stats,
+                                    out=np.empty((H, W, 3), np.uint8), luminance=preserve_color == "luminance",
+                                    progress=progress, verbose=verbose)
+
+    def _request(self, x: np.ndarray, styles: Sequence[Any], weights: Sequence[float] | None,
+                 masks: Sequence[Any] | None, preserve_color: str | None, hw: tuple[int, int] | None = None
+                 ) -> tuple[Any, np.ndarray | None]:
+        """The conditions of a request for contents x (N, H, W, 3), checked: (leaves (N, ...), None), or with
+        masks (leaves (N, K, ...), masks (H, W, K) at `hw`, default the contents' resolution)."""
+        n, H, W, _ = x.shape
+        H, W = hw or (H, W)
         if len(styles) == 0:
             raise NstError("give at least one style")
         self._check_color(preserve_color)
         if masks is not None and weights is not None:
             raise NstError("style weights blend styles everywhere and masks place them: give one or the "
                            "other")
-        a = jnp.asarray(_alphas(alpha, n))
-        per_image = preserve_color == "histogram"
         # Histogram matching makes each style's condition depend on the content image.
-        groups = ([self._conditions_for(styles, x[i:i + 1]) for i in range(n)] if per_image
+        groups = ([self._conditions_for(styles, x[i:i + 1]) for i in range(n)] if preserve_color == "histogram"
                   else [self._conditions_for(styles, None)])
-        xj = jnp.asarray(x, self.dtype)
+        fill = partial(jax.tree.map, lambda v: v if v.shape[0] == n else jnp.broadcast_to(v, (n,) + v.shape[1:]))
         if masks is None:
             w = normalise_weights(weights, len(styles), what="style weights")
             blended = [self.blend(g, w) for g in groups]
-            cond = jax.tree.map(lambda *xs: jnp.concatenate(xs), *blended)
-            cond = jax.tree.map(lambda v: v if v.shape[0] == n else jnp.broadcast_to(v, (n,) + v.shape[1:]), cond)
-            out = self._forward_fn(self.params, self.frozen, xj, cond, a)
-        else:
-            if self._masked_fn is None or not self.caps.masks:
-                raise NstError(f"a {self.family.name} model cannot place styles with masks")
-            m = masks_to_grid(masks, (H, W), (H, W), len(styles))
-            # conditions (N, K, ...): group g's K conditions, each with its leading 1 dropped
-            per = [jax.tree.map(lambda *xs: jnp.concatenate(xs)[None], *g) for g in groups]
-            conds = jax.tree.map(lambda *xs: jnp.concatenate(xs), *per)
-            conds = jax.tree.map(lambda v: v if v.shape[0] == n else jnp.broadcast_to(v, (n,) + v.shape[1:]),
-                                 conds)
-            mj = jnp.broadcast_to(jnp.asarray(m), (n,) + m.shape)
-            out = self._masked_fn(self.params, self.frozen, xj, conds, mj, a)
-        if preserve_color == "luminance":
-            out = color.luminance_transfer(out, jnp.asarray(x))
-        return np.asarray(out, np.float32)
+            return fill(jax.tree.map(lambda *xs: jnp.concatenate(xs), *blended)), None
+        if self._masked_fn is None or not self.caps.masks:
+            raise NstError(f"a {self.family.name} model cannot place styles with masks")
+        m = masks_to_grid(masks, (H, W), (H, W), len(styles))
+        # conditions (N, K, ...): group g's K conditions, each with its leading 1 dropped
+        per = [jax.tree.map(lambda *xs: jnp.concatenate(xs)[None], *g) for g in groups]
+        return fill(jax.tree.map(lambda *xs: jnp.concatenate(xs), *per)), m
 
     def stylize_each(self, content: Any, styles: Sequence[Any], *, alpha: float = 1.0,
                      preserve_color: ColorMode | None = None) -> np.ndarray:

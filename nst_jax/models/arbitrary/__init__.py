@@ -54,6 +54,7 @@ from nst_jax.models import Export, Family
 from nst_jax.models.arbitrary.net import blend, condition, stats_forward, stylize, stylize_masked, transform
 from nst_jax.models.arbitrary.params import BOTTLENECK, CAPS, NAME, STYLE_SIZE, init_params
 from nst_jax.models.arbitrary.predictor import Net, predict, preprocess_style, style_vector
+from nst_jax.models.arbitrary.tiles import TILING
 from nst_jax.models.arbitrary.train import (
     inference_setup,
     loss_fn,
@@ -74,7 +75,7 @@ FAMILY = Family(
     export=Export("nst_jax.export.families:arbitrary_export", tflite=True,
                   tflite_encoder_size=(STYLE_SIZE, STYLE_SIZE)),
     # Smoothing costs a second pass and raised the measured flicker (docs/video.md): off unless asked.
-    stats_forward=stats_forward, video_strength=0.0,
+    tiling=TILING, stats_forward=stats_forward, video_strength=0.0,
 )
 
 __all__ = ["BOTTLENECK", "CAPS", "FAMILY", "NAME", "STYLE_SIZE", "Net", "blend", "condition", "inference_setup",
