@@ -50,6 +50,7 @@ def prepare(params: Params, frozen: Any, image: Array, condition: Mapping[str, A
 
 
 # halo: the receptive-field radius measured by perturbation is 57 px (tests/test_tiling.py), plus one
-# alignment step, a multiple of 4. bytes_per_pixel: memory_analysis (benchmarks/tiling.py --measure) x 1.5 headroom x 1.5 headroom.
+# alignment step, a multiple of 4.
+# bytes_per_pixel: XLA's memory_analysis (benchmarks/tiling.py --measure) x 1.5 headroom.
 TILING = Tiling(halo=64, align=4, bytes_per_pixel=180.0, moments=moments, finish=finish, prepare=prepare,
                 default_stats="thumbnail")

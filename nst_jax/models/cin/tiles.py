@@ -35,6 +35,7 @@ def finish(moments: Mapping[str, Moments]) -> dict:
 
 # halo: the receptive-field radius of multistyle26 (the deepest preset: 9x9, two stride-2 3x3, six residual
 # blocks at 1/4, two upsampling 3x3, 9x9) measured by perturbation is 65 px (tests/test_tiling.py checks every
-# preset), plus one alignment step, a multiple of 4. bytes_per_pixel: memory_analysis (benchmarks/tiling.py --measure) x 1.5 headroom x 1.5 headroom.
+# preset), plus one alignment step, a multiple of 4.
+# bytes_per_pixel: XLA's memory_analysis (benchmarks/tiling.py --measure) x 1.5 headroom.
 TILING = Tiling(halo=72, align=4, bytes_per_pixel=420.0, moments=moments, finish=finish,
                 default_stats="thumbnail")
