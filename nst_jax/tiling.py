@@ -249,9 +249,11 @@ def _store(out: np.ndarray, tile: np.ndarray, rows: tuple[int, int, int], cols: 
     out[rows[1]:r1, cols[1]:c1] = core
 
 
-def thumbnail(image: np.ndarray, align: int, size: int = THUMBNAIL) -> np.ndarray:
+def thumbnail(image: np.ndarray, align: int, size: int | None = None) -> np.ndarray:
     """The whole image for the statistics: itself reflect-padded to the alignment where its long side is at most
-    `size`, else resized (antialiased) to about `size` on its long side with aligned sides. Float32 (H', W', C)."""
+    `size` (default `THUMBNAIL`), else resized (antialiased) to about `size` on its long side with aligned sides.
+    Float32 (H', W', C)."""
+    size = size or THUMBNAIL
     h, w = image.shape[:2]
     if max(h, w) <= size:
         return _crop(as_float(image), (0, 0, 0), (0, 0, 0), (_round_up(h, align), _round_up(w, align)))

@@ -15,9 +15,9 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `sheet` subcommand."""
     from nst_jax.commands.stylize import add_tile_options
 
-    """Add the `sheet` subcommand."""
     p = subparsers.add_parser(
         "sheet", help="a contact sheet: one photo in every style of a model, labelled",
         formatter_class=argparse.RawDescriptionHelpFormatter,
