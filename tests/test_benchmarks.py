@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import accelerator  # noqa: E402
+from benchmarks import tiling as tiling_bench  # noqa: E402
 
 
 @pytest.mark.slow
@@ -47,3 +48,12 @@ def test_markdown_table_of_a_result():
     md = accelerator.markdown(result)
     assert "| AdaIN inference | 512 | bfloat16 | 32 | 500.0 ms | 64.00 frames/s | 3.0 s |" in md
     assert md.startswith("Device: TPU v5 lite x4 (tpu)")
+
+
+def test_tiling_quick_one_family(capsys):
+    """benchmarks/tiling.py --quick: a photo in tiles through one family, a row with memory and time."""
+    rows = tiling_bench.main(["--quick", "--models", "multistyle26"])
+    out = capsys.readouterr().out
+    assert "CPUs (" in out and "| multistyle26 | 600x400 |" in out
+    (row,) = rows
+    assert row["tiles"] >= 4 and row["peak_rss_gb"] > 0 and row["wall_s"] > 0 and row["ratio"] > 0
