@@ -247,3 +247,16 @@ def test_max_pixels_guard(photo_file):
     img = load_uint8(photo_file, max_pixels=224 * 240)
     assert img.dtype == np.uint8 and img.shape == (224, 240, 3)
     assert before is not None and before < 10 ** 8  # a guard by default (Pillow's 89.5 megapixels)
+
+
+def test_sheet_tiles_a_content_over_the_budget(photo_file, tmp_path, monkeypatch, multistyle26):
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("sheet",))
+    base = ["sheet", str(photo_file), "--model", "multistyle26", "--style", "3", "--style", "5",
+            "--content-size", "0"]
+    assert cli.main([*base, "-o", str(tmp_path / "one.png")]) == 0
+    assert cli.main([*base, "-o", str(tmp_path / "tiled.png"), "--tile", "176"]) == 0
+    one = np.asarray(Image.open(tmp_path / "one.png"), np.int16)
+    tiled = np.asarray(Image.open(tmp_path / "tiled.png"), np.int16)
+    assert one.shape == tiled.shape and np.abs(one - tiled).max() <= 1
+    assert cli.main([*base, "-o", str(tmp_path / "bad.png"), "--tile", "8"]) != 0
+    assert not (tmp_path / "bad.png").exists()

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         raise NstError(f"--alpha must be in [0, 1], got {args.alpha}")
     if args.columns < 0 or args.content_size < 0 or args.style_size < 0:
         raise NstError("--columns, --content-size and --style-size must be >= 0")
-    tiles = tile_args(args)
+    tile_kw = tile_args(args)
     given = args.style or []
     indices = [_style_index(t) for t in given]
     if any(i is None for i in indices) and any(i is not None for i in indices):
@@ -117,10 +117,10 @@ def run(args: argparse.Namespace) -> int:
     batch = max(1, cols)
     for start in tqdm(range(0, len(styles), batch), desc="sheet", unit="row", disable=len(styles) <= batch):
         chunk = styles[start:start + batch]
-        if stylizer.tile_plan(*content.shape[1:3], tiles["tile"], tiles["memory_budget"]) is None:
+        if stylizer.tile_plan(*content.shape[1:3], tile_kw["tile"], tile_kw["memory_budget"]) is None:
             outs = stylizer.stylize_each(content, chunk, alpha=args.alpha)
         else:  # a content over the memory budget: one style at a time, in tiles
-            outs = [stylizer.stylize(content, [s], alpha=args.alpha, **tiles)[0] for s in chunk]
+            outs = [stylizer.stylize(content, [s], alpha=args.alpha, **tile_kw)[0] for s in chunk]
         tiles += [label_tile(o, lab) for o, lab in zip(outs, labels[start:start + batch], strict=True)]
     rows = [tiles[i:i + cols] for i in range(0, len(tiles), cols)]
     sheet = image_grid(rows, pad=4)
