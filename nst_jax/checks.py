@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -51,3 +52,27 @@ def normalise_weights(weights: Sequence[float] | None, n: int, *, what: str = "w
         return np.full((n,), 1.0 / n, np.float32)
     w = np.asarray(check_weights(weights, n, what=what), np.float64)
     return (w / w.sum()).astype(np.float32)
+
+
+def image_batch(img: Any, what: str) -> np.ndarray:
+    """(H, W, 3) or (N, H, W, 3) float images -> (N, H, W, 3) float32."""
+    a = np.asarray(img)
+    if a.ndim == 3:
+        a = a[None]
+    if a.ndim != 4 or a.shape[-1] != 3 or a.shape[1] < 1 or a.shape[2] < 1:
+        raise NstError(f"{what} must be (H, W, 3) or (N, H, W, 3) RGB, got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.floating):
+        raise NstError(f"{what} must be float RGB in [0, 1], got dtype {a.dtype}")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def alpha_values(alpha: float | Sequence[float], n: int) -> np.ndarray:
+    """One alpha per image (a single value is repeated), each in [0, 1], as float32."""
+    a = np.asarray(alpha, np.float64).reshape(-1)
+    if a.size == 1:
+        a = np.full((n,), a[0])
+    if a.shape != (n,):
+        raise NstError(f"got {a.size} alpha values for {n} images")
+    if not np.all((a >= 0) & (a <= 1)):
+        raise NstError(f"alpha must be in [0, 1], got {a.tolist() if a.size > 1 else float(a[0])}")
+    return a.astype(np.float32)

@@ -241,8 +241,28 @@ def upsample_conv(x: Array, kernel: Array, bias: Array | None) -> Array:
     return jnp.stack(rows, axis=2).reshape(n, 2 * h, 2 * w, cout)
 
 
+def weighted_moments(x: Array, weight: Array, groups: int = 1) -> tuple[Array, Array, Array]:
+    """Per-image, per-channel weighted moments over the spatial axes (tiled statistics, `nst_jax.tiling`).
+
+    Args:
+      x: (N, H, W, G * C) (G = `groups`: CIN's phase-space maps hold G positions per channel).
+      weight: (N or 1, H, W, G) or (N or 1, H, W, 1) non-negative weights of the positions.
+
+    Returns:
+      (count (N, 1, 1, 1), mean (N, 1, 1, C), m2 (N, 1, 1, C)): the total weight, the weighted mean and the
+      weighted sum of squared deviations from it, float32 (two passes, so no cancellation).
+    """
+    n, h, w, c = x.shape
+    x5 = x.astype(jnp.float32).reshape(n, h, w, groups, c // groups)
+    w5 = jnp.broadcast_to(weight.astype(jnp.float32).reshape(weight.shape[0], h, w, -1, 1), (n, h, w, groups, 1))
+    count = jnp.sum(w5, axis=(1, 2, 3), keepdims=True)
+    mean = jnp.sum(w5 * x5, axis=(1, 2, 3), keepdims=True) / jnp.maximum(count, 1e-30)
+    m2 = jnp.sum(w5 * jnp.square(x5 - mean), axis=(1, 2, 3), keepdims=True)
+    return count.reshape(n, 1, 1, 1), mean.reshape(n, 1, 1, c // groups), m2.reshape(n, 1, 1, c // groups)
+
+
 __all__ = [
     "DN", "MATMUL_WEIGHT_GRAD_MIN_CHANNELS", "ConvFn", "Padding", "area", "conv2d", "conv2d_matmul_weight_grad",
     "conv_input_grad", "conv_matmul_weight_grad", "conv_plain", "depth_to_space", "matmul_kernel_grad", "moments",
-    "space_to_depth", "transposed_kernel", "upsample_conv",
+    "space_to_depth", "transposed_kernel", "upsample_conv", "weighted_moments",
 ]

@@ -12,10 +12,11 @@ array and a JAX array (the latter jit-able) resize to the same values.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,15 +62,17 @@ def from_uint8(arr: ArrayLike) -> np.ndarray:
 # Loading and saving
 
 
-def _open(path: Path) -> Image.Image:
-    """Open and fully decode an image; every failure (decompression bombs included) becomes ImageError."""
+def _open(path: Path, max_pixels: int | None = None) -> Image.Image:
+    """Open and fully decode an image; every failure (decompression bombs included) becomes ImageError.
+
+    `max_pixels` raises (or lowers) the decompression-bomb guard for this file (default: Pillow's, 89.5 MP)."""
     if not path.exists():
         raise ImageError(f"image not found: {path}")
     if path.is_dir():
         raise ImageError(f"expected an image file, got a directory: {path}")
     try:
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that; a warning would let a huge image through.
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _pixel_limit(max_pixels):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 im.load()
@@ -77,7 +80,7 @@ def _open(path: Path) -> Image.Image:
                 im.load()
                 return im
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"refusing to decode {path}: {e}") from None
+        raise ImageError(f"refusing to decode {path}: {e} (--max-pixels raises the limit)") from None
     except UnidentifiedImageError:
         raise ImageError(f"not an image (or an unsupported format): {path}") from None
     except (OSError, ValueError, SyntaxError, EOFError, struct.error, TypeError, IndexError, KeyError,
@@ -85,6 +88,29 @@ def _open(path: Path) -> Image.Image:
         # Pillow's plugins raise all of these on corrupt files; some messages quote the file's bytes
         detail = " ".join(str(e).split())[:160] or type(e).__name__
         raise ImageError(f"cannot read image {path}: {detail}") from None
+
+
+@contextlib.contextmanager
+def _pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    # Pillow warns above MAX_IMAGE_PIXELS (an error here) and refuses above twice that.
+    old = Image.MAX_IMAGE_PIXELS
+    if max_pixels is not None:
+        Image.MAX_IMAGE_PIXELS = int(max_pixels)
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+def load_uint8(path: str | os.PathLike, *, max_pixels: int | None = None) -> np.ndarray:
+    """Read an image file once as (H, W, 3) uint8 RGB at its own size (big files: a quarter of float32's memory;
+    tiled stylization converts tiles to float on the fly). As `load_image` otherwise (EXIF, alpha on white).
+
+    Raises:
+      ImageError: as `load_image`; more than `max_pixels` pixels (default: Pillow's guard, 89.5 MP).
+    """
+    im = to_rgb(_open(Path(path), max_pixels))
+    return np.asarray(im, np.uint8)
 
 
 def _has_alpha(im: Image.Image) -> bool:
@@ -152,7 +178,7 @@ def center_crop_box(h: int, w: int, th: int, tw: int) -> tuple[int, int]:
 
 
 def load_image(path: str | os.PathLike, *, size: int | None = None, max_side: int | None = None,
-               crop: bool = False) -> np.ndarray:
+               crop: bool = False, max_pixels: int | None = None) -> np.ndarray:
     """Read an image file as a batch of one NHWC float32 RGB image in [0, 1].
 
     EXIF orientation is applied, alpha is composited on white, grayscale becomes RGB, 16-bit grayscale
@@ -163,6 +189,7 @@ def load_image(path: str | os.PathLike, *, size: int | None = None, max_side: in
       size: resize the shorter side to `size` (torchvision `Resize(size)`: bilinear, antialiased).
       max_side: then cap the longer side at `max_side` (never enlarges).
       crop: after resizing, centre-crop to `size` x `size` (torchvision `CenterCrop`); needs `size`.
+      max_pixels: the decompression-bomb guard (None: Pillow's 89.5 megapixels).
 
     Returns:
       (1, H, W, 3) float32.
@@ -175,7 +202,7 @@ def load_image(path: str | os.PathLike, *, size: int | None = None, max_side: in
     if size is not None and size < 1 or max_side is not None and max_side < 1:
         raise ValueError(f"size and max_side must be positive, got size={size}, max_side={max_side}")
     path = Path(path)
-    im = _open(path)
+    im = _open(path, max_pixels)
     # 16-bit and float grayscale keep their precision as floats; everything else is 8-bit RGB in Pillow.
     img = _high_depth_rgb(im) if _is_high_depth(im) else to_rgb(im)
     if isinstance(img, Image.Image):
@@ -218,7 +245,7 @@ def save_image(path: str | os.PathLike, img: ArrayLike, *, overwrite: bool = Fal
 
     Args:
       path: output file (.png, .jpg, ...); parent directories are created.
-      img: (H, W, 3) or (1, H, W, 3) float in [0, 1] (clipped), NumPy or JAX.
+      img: (H, W, 3) or (1, H, W, 3) float in [0, 1] (clipped), NumPy or JAX; or uint8, written as it is.
       overwrite: replace an existing file; otherwise an existing file is an error.
 
     Returns:
@@ -236,7 +263,7 @@ def save_image(path: str | os.PathLike, img: ArrayLike, *, overwrite: bool = Fal
         raise ValueError(f"save_image expects (H, W, 3) or (1, H, W, 3), got {a.shape}")
     if path.exists() and not overwrite:
         raise ImageError(f"{path} exists (pass overwrite=True to replace it)")
-    pil = Image.fromarray(to_uint8(a))
+    pil = Image.fromarray(a if a.dtype == np.uint8 else to_uint8(a))
     options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
     try:
         atomic_write(path, lambda f: pil.save(f, format=fmt, **options), overwrite=overwrite)

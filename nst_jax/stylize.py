@@ -1,29 +1,21 @@
-"""Arbitrary style transfer in one forward pass: the `Stylizer` inference API (AdaIN).
+"""Style transfer in one forward pass for any model family: the `Stylizer` inference API.
 
-A `Stylizer` holds the encoder (VGG19 to relu4_1) and the decoder, jit-compiles the forward pass once per
-input shape, and caches each style image's relu4_1 statistics, so re-stylizing with a known style costs one
-encoder and one decoder pass. On top of the single-style pass of pytorch-AdaIN it offers:
+A `Stylizer` holds a loaded model (`nst_jax.models.open.open_model`: AdaIN's encoder and decoder, a CIN table
+network, Magenta's arbitrary network), jit-compiles its passes once per input shape and caches each style's
+condition (AdaIN: relu4_1 statistics; CIN: table weights; arbitrary: a style vector). It offers `alpha` (the
+content/style trade-off, per image if wanted), style interpolation over N styles, N masks for N styles, a
+per-pixel strength map, colour preservation ("luminance", or "histogram": each style recoloured to the content
+with CORAL), tiles for pictures of any size (`nst_jax.tiling`), batches of contents against one style
+(`stylize`) and one content against many styles (`stylize_each`).
 
-- `alpha`, the content/style trade-off (feature interpolation, as in the paper), per image if wanted;
-- style interpolation over N styles with float weights (normalised to sum to 1);
-- spatial control: N masks for N styles (the Lua original's `-mask`, generalised from 2 to N);
-- colour preservation: "luminance" (stylize, then keep the content's chroma) or "histogram" (recolour each
-  style image to the content's colours with CORAL first), both also with blends and masks;
-- batches of contents against one style (`stylize`) and one content against many styles (`stylize_each`).
-
-Shapes and compilation: `jax.jit` keeps one executable per distinct input shape (batch, height, width), for
-the content pass and for the style-statistics pass. A video or webcam stream whose frames share one size
-compiles once and then runs warm; a folder of photos of different sizes compiles once per size (resize with
-`content_size` to share shapes). Nothing is padded to buckets, because padding would change the content
-statistics AdaIN uses.
-
-Output size: the decoder's output is 8x the relu4_1 grid, which ceil-mode pooling makes at least as large as
-the input; the extra bottom/right rows and columns are cropped, so outputs always have the content's size.
+Shapes and compilation: `jax.jit` keeps one executable per distinct input shape; a stream of frames of one size
+compiles once, a folder of photos of different sizes once per size (resize with `content_size` to share shapes).
+Nothing is padded to buckets, because padding would change the content statistics. Outputs always have the
+content's size (what a network makes beyond it is cropped).
 """
 
 from __future__ import annotations
 
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -34,11 +26,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import color, models, runtime, strength
-from nst_jax.checks import normalise_weights
+from nst_jax import color, strength, tiling
+from nst_jax.checks import alpha_values, image_batch, normalise_weights
 from nst_jax.errors import NstError
+from nst_jax.family_programs import _jitted
 from nst_jax.files import array_digest
-from nst_jax.image import masks_to_grid
+from nst_jax.image import masks_to_grid, to_uint8
 from nst_jax.models import adain
 from nst_jax.models.open import Loaded, open_model
 from nst_jax.typing import Array
@@ -50,27 +43,8 @@ COLOR_MODES = ("luminance", "histogram")
 StyleStats = adain.StyleStats
 
 
-def _as_batch(img: Any, what: str) -> np.ndarray:
-    """(H, W, 3) or (N, H, W, 3) float images -> (N, H, W, 3) float32."""
-    a = np.asarray(img)
-    if a.ndim == 3:
-        a = a[None]
-    if a.ndim != 4 or a.shape[-1] != 3 or a.shape[1] < 1 or a.shape[2] < 1:
-        raise NstError(f"{what} must be (H, W, 3) or (N, H, W, 3) RGB, got shape {a.shape}")
-    if not np.issubdtype(a.dtype, np.floating):
-        raise NstError(f"{what} must be float RGB in [0, 1], got dtype {a.dtype}")
-    return np.ascontiguousarray(a, dtype=np.float32)
-
-
-def _alphas(alpha: float | Sequence[float], n: int) -> np.ndarray:
-    a = np.asarray(alpha, np.float64).reshape(-1)
-    if a.size == 1:
-        a = np.full((n,), a[0])
-    if a.shape != (n,):
-        raise NstError(f"got {a.size} alpha values for {n} images")
-    if not np.all((a >= 0) & (a <= 1)):
-        raise NstError(f"alpha must be in [0, 1], got {a.tolist() if a.size > 1 else float(a[0])}")
-    return a.astype(np.float32)
+# the argument checks `nst_jax.gatys` shares
+_as_batch, _alphas = image_batch, alpha_values
 
 
 class Stylizer:
@@ -365,7 +339,8 @@ class Stylizer:
 
     def stylize(self, content: Any, styles: Sequence[Any], *, weights: Sequence[float] | None = None,
                 alpha: float | Sequence[float] = 1.0, masks: Sequence[Any] | None = None,
-                preserve_color: ColorMode | None = None, strength_map: Any = None) -> np.ndarray:
+                preserve_color: ColorMode | None = None, strength_map: Any = None, tile: int | str | None = None,
+                tile_stats: str | None = None, memory_budget: int | str | None = None) -> np.ndarray:
         """Stylize a batch of content images with one style, a blend of styles, or masked styles.
 
         Args:
@@ -382,56 +357,104 @@ class Stylizer:
           strength_map: per-pixel style strength, (H, W) or (N, H, W) floats in [0, 1] (0 keeps the content, i.e.
             the alpha-0 output, 1 the full style), the content's size or its aspect ratio (resized); with
             blends, masks (it scales them), alpha (which scales it) and colour preservation. One pass
-            (`nst_jax.strength`).
+            (`nst_jax.strength`), not tiled.
+          tile: None (one pass), "auto" (tiles where the image would not fit `memory_budget`) or a tile side in
+            pixels: tiled stylization with the whole image's statistics (`nst_jax.tiling`, docs/tiling.md).
+          tile_stats: where tiles' statistics come from: "exact" or "thumbnail" (None: the family's default).
+          memory_budget: bytes (or a size such as "2G") of working memory for one pass (None: a quarter of the
+            available memory).
 
         Returns:
           (N, H, W, 3) float32 NumPy array in [0, 1].
         """
         x = _as_batch(content, "content")
         n, H, W, _ = x.shape
+        cond, m = self._request(x, styles, weights, masks, preserve_color)
+        a = jnp.asarray(_alphas(alpha, n))
+        tile_plan = self.tile_plan(H, W, tile, memory_budget)
+        smap = None
+        if strength_map is not None:
+            strength.check_family(self.family)
+            smap = jnp.asarray(strength.prepare(strength_map, n, (H, W)))
+            if tile_plan is not None:
+                raise NstError(f"a strength map runs in one pass, and a {H} x {W} picture needs tiles here: "
+                               f"give a smaller content size or a larger memory budget")
+        if tile_plan is not None:
+            return np.stack([tiling.stylize_tiled(
+                self, x[i], jax.tree.map(lambda v, i=i: v[i:i + 1], cond), None if m is None else m, a[i:i + 1],
+                tile_plan, stats=tile_stats, luminance=preserve_color == "luminance", progress=False)
+                for i in range(n)])
+        xj = jnp.asarray(x, self.dtype)
+        mj = None if m is None else jnp.broadcast_to(jnp.asarray(m), (n,) + m.shape)
+        if smap is not None:  # a blend is the one style (K = 1) of the strength program
+            conds = cond if m is not None else jax.tree.map(lambda v: v[:, None], cond)
+            out = self._strength_fn(self.params, self.frozen, xj, conds, mj, smap, a)
+        elif m is None:
+            out = self._forward_fn(self.params, self.frozen, xj, cond, a)
+        else:
+            out = self._masked_fn(self.params, self.frozen, xj, cond, mj, a)
+        if preserve_color == "luminance":
+            out = color.luminance_transfer(out, jnp.asarray(x))
+        return np.asarray(out, np.float32)
+
+    def tile_plan(self, height: int, width: int, tile: int | str | None, memory_budget: int | str | None = None
+                  ) -> tiling.TilePlan | None:
+        """The tiles an image of `height` x `width` runs in, or None (one pass): `nst_jax.tiling.plan_for`."""
+        return tiling.plan_for(self.family, height, width, tile, memory_budget)
+
+    def stylize_image(self, image: np.ndarray, styles: Sequence[Any], *, weights: Sequence[float] | None = None,
+                      alpha: float = 1.0, masks: Sequence[Any] | None = None,
+                      preserve_color: ColorMode | None = None, tile: int | str | None = "auto",
+                      tile_stats: str | None = None, memory_budget: int | str | None = None,
+                      progress: bool = False, verbose: bool = False) -> np.ndarray:
+        """One image of any size, (H, W, 3) uint8 (`nst_jax.image.load_uint8`), stylized into a new uint8 array,
+        in tiles where it would not fit the budget; `stylize`'s arguments. The whole image is never held as
+        float32 when tiled ("histogram" recolours the styles to its thumbnail).
+
+        Returns:
+          (H, W, 3) uint8.
+        """
+        img = np.asarray(image)
+        if img.ndim != 3 or img.shape[-1] != 3 or img.dtype != np.uint8:
+            raise NstError(f"stylize_image takes an (H, W, 3) uint8 image, got {img.dtype} {img.shape}")
+        H, W = img.shape[:2]
+        tile_plan = self.tile_plan(H, W, tile, memory_budget)
+        if tile_plan is None:
+            return to_uint8(self.stylize(tiling.as_float(img), styles, weights=weights, alpha=alpha, masks=masks,
+                                         preserve_color=preserve_color)[0])
+        small = tiling.thumbnail(img, 1)[None] if preserve_color == "histogram" else np.zeros((1, 1, 1, 3), np.float32)
+        cond, m = self._request(small, styles, weights, masks, preserve_color, hw=(H, W))
+        return tiling.stylize_tiled(self, img, cond, m, _alphas(alpha, 1), tile_plan, stats=tile_stats,
+                                    out=np.empty((H, W, 3), np.uint8), luminance=preserve_color == "luminance",
+                                    progress=progress, verbose=verbose)
+
+    def _request(self, x: np.ndarray, styles: Sequence[Any], weights: Sequence[float] | None,
+                 masks: Sequence[Any] | None, preserve_color: str | None, hw: tuple[int, int] | None = None
+                 ) -> tuple[Any, np.ndarray | None]:
+        """The conditions of a request for contents x (N, H, W, 3), checked: (leaves (N, ...), None), or with
+        masks (leaves (N, K, ...), masks (H, W, K) at `hw`, default the contents' resolution)."""
+        n, H, W, _ = x.shape
+        H, W = hw or (H, W)
         if len(styles) == 0:
             raise NstError("give at least one style")
         self._check_color(preserve_color)
         if masks is not None and weights is not None:
             raise NstError("style weights blend styles everywhere and masks place them: give one or the "
                            "other")
-        a = jnp.asarray(_alphas(alpha, n))
-        smap = None
-        if strength_map is not None:
-            strength.check_family(self.family)
-            smap = jnp.asarray(strength.prepare(strength_map, n, (H, W)))
-        per_image = preserve_color == "histogram"
         # Histogram matching makes each style's condition depend on the content image.
-        groups = ([self._conditions_for(styles, x[i:i + 1]) for i in range(n)] if per_image
+        groups = ([self._conditions_for(styles, x[i:i + 1]) for i in range(n)] if preserve_color == "histogram"
                   else [self._conditions_for(styles, None)])
-        xj = jnp.asarray(x, self.dtype)
+        fill = partial(jax.tree.map, lambda v: v if v.shape[0] == n else jnp.broadcast_to(v, (n,) + v.shape[1:]))
         if masks is None:
             w = normalise_weights(weights, len(styles), what="style weights")
             blended = [self.blend(g, w) for g in groups]
-            cond = jax.tree.map(lambda *xs: jnp.concatenate(xs), *blended)
-            cond = jax.tree.map(lambda v: v if v.shape[0] == n else jnp.broadcast_to(v, (n,) + v.shape[1:]), cond)
-            if smap is None:
-                out = self._forward_fn(self.params, self.frozen, xj, cond, a)
-            else:  # the blend as the one style (K = 1) of the strength program
-                out = self._strength_fn(self.params, self.frozen, xj, jax.tree.map(lambda v: v[:, None], cond),
-                                        None, smap, a)
-        else:
-            if self._masked_fn is None or not self.caps.masks:
-                raise NstError(f"a {self.family.name} model cannot place styles with masks")
-            m = masks_to_grid(masks, (H, W), (H, W), len(styles))
-            # conditions (N, K, ...): group g's K conditions, each with its leading 1 dropped
-            per = [jax.tree.map(lambda *xs: jnp.concatenate(xs)[None], *g) for g in groups]
-            conds = jax.tree.map(lambda *xs: jnp.concatenate(xs), *per)
-            conds = jax.tree.map(lambda v: v if v.shape[0] == n else jnp.broadcast_to(v, (n,) + v.shape[1:]),
-                                 conds)
-            mj = jnp.broadcast_to(jnp.asarray(m), (n,) + m.shape)
-            if smap is None:
-                out = self._masked_fn(self.params, self.frozen, xj, conds, mj, a)
-            else:
-                out = self._strength_fn(self.params, self.frozen, xj, conds, mj, smap, a)
-        if preserve_color == "luminance":
-            out = color.luminance_transfer(out, jnp.asarray(x))
-        return np.asarray(out, np.float32)
+            return fill(jax.tree.map(lambda *xs: jnp.concatenate(xs), *blended)), None
+        if self._masked_fn is None or not self.caps.masks:
+            raise NstError(f"a {self.family.name} model cannot place styles with masks")
+        m = masks_to_grid(masks, (H, W), (H, W), len(styles))
+        # conditions (N, K, ...): group g's K conditions, each with its leading 1 dropped
+        per = [jax.tree.map(lambda *xs: jnp.concatenate(xs)[None], *g) for g in groups]
+        return fill(jax.tree.map(lambda *xs: jnp.concatenate(xs), *per)), m
 
     def stylize_each(self, content: Any, styles: Sequence[Any], *, alpha: float = 1.0,
                      preserve_color: ColorMode | None = None) -> np.ndarray:
@@ -460,27 +483,3 @@ class Stylizer:
         if preserve_color == "luminance":
             out = color.luminance_transfer(out, jnp.asarray(x))
         return np.asarray(out, np.float32)
-
-
-# (id(family), what) -> program. Keyed by the family object, not its name: a family registered again under the same
-# name (`models.register(..., replace=True)`) gets its own programs. An entry lives as long as its family does.
-_JITTED: dict[tuple[int, str], Any] = {}
-
-
-def _jitted(family: models.Family, what: str, build: Any = None) -> Any:
-    """One jitted copy of each family function per process (static identity as a static argument); with
-    `build`, the program `build(family)` composed over the family's functions, cached under `what` (e.g.
-    `nst_jax.smoothing`'s smoothed pass)."""
-    key = (id(family), what)
-    if key not in _JITTED:
-        if not any(k[0] == key[0] for k in _JITTED):
-            # ids are reused after collection: drop the family's programs with it
-            weakref.finalize(family, _forget, key[0])
-        fn = getattr(family, what) if build is None else build(family)
-        _JITTED[key] = runtime.jit(fn, family.compiler_options, static_argnames="static")
-    return _JITTED[key]
-
-
-def _forget(family_id: int) -> None:
-    for k in [k for k in _JITTED if k[0] == family_id]:
-        del _JITTED[k]

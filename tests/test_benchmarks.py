@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import accelerator, video_strip  # noqa: E402
+from benchmarks import tiling as tiling_bench  # noqa: E402
 
 
 @pytest.mark.slow
@@ -66,3 +67,10 @@ def test_video_strip_quick_shows_rows_and_flicker(tmp_path, capsys):
     assert len(errors) == 4, line
     # stylization adds flicker over the camera's own; flow blending takes much of it back
     assert errors["per-frame"] > errors["input"] and errors["--flow-blend 0.5"] < 0.6 * errors["per-frame"]
+def test_tiling_quick_one_family(capsys):
+    """benchmarks/tiling.py --quick: a photo in tiles through one family, a row with memory and time."""
+    rows = tiling_bench.main(["--quick", "--models", "multistyle26"])
+    out = capsys.readouterr().out
+    assert "CPUs (" in out and "| multistyle26 | 600x400 |" in out
+    (row,) = rows
+    assert row["tiles"] >= 4 and row["peak_rss_gb"] > 0 and row["wall_s"] > 0 and row["ratio"] > 0

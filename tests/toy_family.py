@@ -26,8 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from nst_jax.convs import weighted_moments
 from nst_jax.errors import StyleError
-from nst_jax.models import Caps, Export, Family, MeanVar, blend_conditions
+from nst_jax.models import Caps, Export, Family, MeanVar, Moments, Tiling, blend_conditions
 
 NAME = "toy"
 CAPS = Caps(style_images=False, style_table=True, alpha=True, masks=True, color_modes=("luminance",),
@@ -103,20 +104,20 @@ def _conv(x: Any, p: Mapping[str, Any]) -> Any:
     return y + p["bias"].reshape(1, 1, 1, -1)
 
 
-def forward(params: Mapping[str, Any], x: Any, weights: Any, spec: ToySpec = ToySpec(), norm_stats: Any = None
-            ) -> tuple[Any, dict]:
+def forward(params: Mapping[str, Any], x: Any, weights: Any, spec: ToySpec = ToySpec(), norm_stats: Any = None,
+            stats_weight: Any = None) -> tuple[Any, dict]:
     """The network on images x (N, H, W, 3) with style weights (N, S) or per-pixel maps (N, H, W, S).
 
     Returns:
       (images (N, H, W, 3) in [0, 1], {"norm": MeanVar}: the content-side statistics computed (before any
-      replacement by `norm_stats`)).
+      replacement by `norm_stats`); with `stats_weight` (N, H, W, 1), their `Moments` over the weighted pixels).
     """
     x = jnp.asarray(x, jnp.float32)
     weights = jnp.asarray(weights, jnp.float32)
     h = _conv(x, params["conv_in"])
     mean = jnp.mean(h, axis=(1, 2), keepdims=True)
     var = jnp.mean(jnp.square(h - mean), axis=(1, 2), keepdims=True)
-    own = {"norm": MeanVar(mean, var)}
+    own = {"norm": MeanVar(mean, var) if stats_weight is None else Moments(*weighted_moments(h, stats_weight))}
     if norm_stats is not None:
         mean, var = (jnp.asarray(v, jnp.float32) for v in norm_stats["norm"])
     table = params["norm"]
@@ -178,13 +179,25 @@ def _mix_alpha(y: Any, content: Any, alpha: Any) -> Any:
 
 
 def stats_forward(params: Mapping[str, Any], frozen: Any, content: Any, condition: Mapping[str, Any], masks: Any,
-                  alpha: Any, norm_stats: Any, static: Any = None) -> tuple[Any, Any]:
+                  alpha: Any, norm_stats: Any, static: Any = None, *, stats_weight: Any = None) -> tuple[Any, Any]:
     """The statistics seam: `stylize` (masks None) or `stylize_masked`, with the instance norm's statistics
     given (`norm_stats`) or its own returned."""
     del frozen
     content, w = _rows(content, condition, masks)
-    y, own = forward(params, content, w, static or ToySpec(), norm_stats)
+    y, own = forward(params, content, w, static or ToySpec(), norm_stats, stats_weight)
     return _mix_alpha(y, content, alpha), own
+
+
+def tile_moments(params: Mapping[str, Any], frozen: Any, content: Any, condition: Mapping[str, Any], masks: Any,
+                 alpha: Any, norm_stats: Any, weight: Any, static: Any = None) -> dict:
+    """`Tiling.moments`: the one norm's moments over the weighted pixels."""
+    return stats_forward(params, frozen, content, condition, masks, alpha, norm_stats, static, stats_weight=weight)[1]
+
+
+def tile_finish(moments: Mapping[str, Any]) -> dict:
+    """`Tiling.finish`: the biased variance, as `forward` divides by."""
+    m = moments["norm"]
+    return {"norm": MeanVar(jnp.asarray(m.mean, jnp.float32), jnp.asarray(m.m2 / m.count, jnp.float32))}
 
 
 def stylize(params: Mapping[str, Any], frozen: Any, content: Any, condition: Mapping[str, Any], alpha: Any,
@@ -296,4 +309,6 @@ FAMILY = Family(
     validate_config=validate_config, inference_setup=inference_setup, num_styles=num_styles,
     export=Export("toy_family:toy_export"), stats_forward=stats_forward, video_strength=0.5,
     alpha_pixels=True,  # alpha mixes pixels, as CIN's: so does a strength map
+    # two 3x3 convolutions: a receptive-field radius of 2 px, any alignment
+    tiling=Tiling(halo=2, align=1, bytes_per_pixel=200.0, moments=tile_moments, finish=tile_finish),
 )

@@ -16,6 +16,8 @@ examples:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `sheet` subcommand."""
+    from nst_jax.commands.stylize import add_tile_options
+
     p = subparsers.add_parser(
         "sheet", help="a contact sheet: one photo in every style of a model (multistyle26's 26, or style images)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -40,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--columns", type=int, default=0, metavar="N", help="tiles per row (default: about square)")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="the sheet image (.png, .jpg)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    add_tile_options(p)
     p.set_defaults(func=run)
 
 
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from nst_jax.commands.stylize import _SAVE_EXTENSIONS, _expand, _style_index
+    from nst_jax.commands.stylize import _SAVE_EXTENSIONS, _expand, _style_index, tile_args
     from nst_jax.errors import ImageError, NstError
     from nst_jax.image import image_grid, load_image, save_image
     from nst_jax.models.open import open_model
@@ -82,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         raise NstError(f"--alpha must be in [0, 1], got {args.alpha}")
     if args.columns < 0 or args.content_size < 0 or args.style_size < 0:
         raise NstError("--columns, --content-size and --style-size must be >= 0")
+    tile_kw = tile_args(args)
     given = args.style or []
     indices = [_style_index(t) for t in given]
     if any(i is None for i in indices) and any(i is not None for i in indices):
@@ -115,7 +119,10 @@ def run(args: argparse.Namespace) -> int:
     batch = max(1, cols)
     for start in tqdm(range(0, len(styles), batch), desc="sheet", unit="row", disable=len(styles) <= batch):
         chunk = styles[start:start + batch]
-        outs = stylizer.stylize_each(content, chunk, alpha=args.alpha)
+        if stylizer.tile_plan(*content.shape[1:3], tile_kw["tile"], tile_kw["memory_budget"]) is None:
+            outs = stylizer.stylize_each(content, chunk, alpha=args.alpha)
+        else:  # a content over the memory budget: one style at a time, in tiles
+            outs = [stylizer.stylize(content, [s], alpha=args.alpha, **tile_kw)[0] for s in chunk]
         tiles += [label_tile(o, lab) for o, lab in zip(outs, labels[start:start + batch], strict=True)]
     rows = [tiles[i:i + cols] for i in range(0, len(tiles), cols)]
     sheet = image_grid(rows, pad=4)

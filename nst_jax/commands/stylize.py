@@ -24,6 +24,8 @@ examples:
   nst-jax stylize photo.jpg --model multistyle26 --style 7 -o out.png  # Magenta's 26-style CIN network
   nst-jax stylize photo.jpg --model multistyle26 --style 3 --style 12 --style-weights 0.5,0.5
   nst-jax stylize photo.jpg --model magenta-arbitrary --style starry.jpg --content-size 0
+  nst-jax stylize big.tif --style starry.jpg --content-size 0 --max-pixels 200e6 --verbose  # tiled (docs/tiling.md)
+  nst-jax stylize photo.jpg --style starry.jpg --content-size 0 --tile 1024 --tile-stats thumbnail
 """
 
 
@@ -60,6 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     o.add_argument("--ext", default="png", metavar="EXT",
                    help="output file type for --out-dir: png (default, lossless) or jpg")
     o.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--max-pixels", type=float, default=None, metavar="N",
+                   help="read images of up to N pixels (default: Pillow's decompression-bomb guard, 89.5 million)")
+    p.add_argument("--verbose", action="store_true", help="print the tile plan and the peak memory")
     p.set_defaults(func=run)
 
 
@@ -94,6 +99,7 @@ def add_style_options(p: argparse.ArgumentParser, subject: str = "content") -> N
                         + ("; sides are made even" if subject == "video" else ""))
     p.add_argument("--style-size", type=int, default=512, metavar="N",
                    help="resize styles so the shorter side is N (0 = keep the original size; default 512)")
+    add_tile_options(p, subject)
     w = p.add_argument_group("weights (default: pytorch-AdaIN's released vgg_normalised + decoder)")
     w.add_argument("--vgg", metavar="FILE",
                    help="VGG19 encoder weights (registry name or file); must be the encoder the decoder was "
@@ -102,6 +108,36 @@ def add_style_options(p: argparse.ArgumentParser, subject: str = "content") -> N
     dec.add_argument("--decoder", metavar="FILE", help="decoder weights: pytorch-AdaIN decoder.pth or a .npz")
     dec.add_argument("--checkpoint", metavar="DIR",
                      help="a training --workdir (latest step) or checkpoint step directory")
+
+
+def add_tile_options(p: argparse.ArgumentParser, subject: str = "content") -> None:
+    """--tile, --tile-stats, --memory-budget (`nst-jax stylize`, `video`, `sheet`; docs/tiling.md)."""
+    t = p.add_argument_group("tiles (any resolution in bounded memory; docs/tiling.md)")
+    t.add_argument("--tile", default="auto", metavar="auto|N",
+                   help=f"stylize in tiles of N x N pixels; auto (default): only where the {subject} would not fit "
+                        f"--memory-budget")
+    t.add_argument("--tile-stats", choices=("exact", "thumbnail"), default=None,
+                   help="where tiles' normalisation statistics come from: exact (accumulated over the tiles at "
+                        "full resolution) or thumbnail (the whole image at 1024 px, one pass); default: the "
+                        "model's own (docs/tiling.md)")
+    t.add_argument("--memory-budget", default=None, metavar="SIZE",
+                   help="working memory for one pass, e.g. 2G or 500M (default: a quarter of the available "
+                        "memory, at most 2 GiB)")
+
+
+def tile_args(args: argparse.Namespace) -> dict:
+    """The Stylizer keywords of the tile flags, checked: {"tile", "tile_stats", "memory_budget"}."""
+    from nst_jax.errors import NstError
+    from nst_jax.tiling import parse_size
+
+    tile = str(getattr(args, "tile", "auto")).strip().lower()
+    if tile != "auto":
+        if not tile.isdigit() or int(tile) < 1:
+            raise NstError(f"--tile must be auto or a positive number of pixels, got {args.tile!r}")
+        tile = int(tile)
+    budget = getattr(args, "memory_budget", None)
+    return {"tile": tile, "tile_stats": getattr(args, "tile_stats", None),
+            "memory_budget": None if budget is None else parse_size(budget)}
 
 
 @dataclass(frozen=True)
@@ -181,6 +217,9 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], str, list[float] | None]:
 
     if not 0.0 <= args.alpha <= 1.0:
         raise NstError(f"--alpha must be in [0, 1], got {args.alpha}")
+    tile_args(args)
+    if args.max_pixels is not None and not args.max_pixels >= 1:
+        raise NstError(f"--max-pixels must be a positive number of pixels, got {args.max_pixels:g}")
     for flag, size in (("--content-size", args.content_size), ("--style-size", args.style_size)):
         if size < 0:
             raise NstError(f"{flag} must be >= 0, got {size}")
@@ -249,11 +288,16 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], str, list[float] | None]:
 
 
 def _load_content(path: Path, args: argparse.Namespace):
-    """(content (1, H, W, 3), (h, w) before cropping)."""
-    from nst_jax.image import center_crop, load_image
+    """(content (1, H, W, 3) float32, or at full size (H, W, 3) uint8 (read once, tiled if big), (h, w) before
+    cropping)."""
+    from nst_jax.image import center_crop, load_image, load_uint8
 
     size = args.content_size or None
-    img = load_image(path, size=size)
+    max_pixels = None if args.max_pixels is None else int(args.max_pixels)
+    if size is None and not args.crop:
+        img = load_uint8(path, max_pixels=max_pixels)
+        return img, img.shape[:2]
+    img = load_image(path, size=size, max_pixels=max_pixels)
     before = img.shape[1:3]
     if args.crop:
         img = center_crop(img, args.content_size)
@@ -326,9 +370,10 @@ def run(args: argparse.Namespace) -> int:
     """Stylize every planned output; returns 0, or raises NstError (printed as one line by the dispatcher)."""
     jobs, mode, weights = plan(args)
 
+    import numpy as np
     from tqdm import tqdm
 
-    from nst_jax.image import load_image, load_mask, save_image
+    from nst_jax.image import from_uint8, load_image, load_mask, save_image
     from nst_jax.runtime import tune_allocator
 
     tune_allocator()
@@ -357,16 +402,21 @@ def run(args: argparse.Namespace) -> int:
             if job.content not in loaded:
                 loaded = {job.content: _load_content(job.content, args)}
             content, before = loaded[job.content]
-            kw = {"alpha": args.alpha, "preserve_color": args.preserve_color}
+            kw = {"alpha": args.alpha, "preserve_color": args.preserve_color, **tile_args(args)}
             if mode == "mask":
                 kw["masks"] = _fit_masks(masks, job.content, args.mask, before, args)
             elif mode == "blend":
                 kw["weights"] = weights
+            job_styles = [styles[s] for s in job.styles]
             if smap:
                 kw["strength_map"] = _fit_masks(smap, job.content, [args.strength_map], before, args,
                                                 "strength map")[0]
-            out = stylizer.stylize(content, [styles[s] for s in job.styles], **kw)
-            save_image(job.out, out[0], overwrite=args.overwrite)
+            if content.dtype == np.uint8 and not smap:
+                out = stylizer.stylize_image(content, job_styles, progress=True, verbose=args.verbose, **kw)
+            else:  # a strength map runs in one pass (Stylizer.stylize refuses pictures that need tiles)
+                out = stylizer.stylize(from_uint8(content) if content.dtype == np.uint8 else content, job_styles,
+                                       **kw)[0]
+            save_image(job.out, out, overwrite=args.overwrite)
             if len(jobs) < 2:
                 print(job.out)
             else:

@@ -198,9 +198,15 @@ def frame_function(st: Any, args: argparse.Namespace, styles: list, weights: lis
     """
     import numpy as np
 
+    from nst_jax.commands.stylize import tile_args
+    from nst_jax.errors import NstError
+
     luminance = args.preserve_color == "luminance"
+    tiles = tile_args(args)
+    needs_tiles = st.tile_plan(*hw, tiles["tile"], tiles["memory_budget"]) is not None
     if args.stabilize == 0:
-        kw: dict[str, Any] = {"alpha": args.alpha, "preserve_color": "luminance" if luminance else None}
+        # Frames over the memory budget (or with --tile N) run in tiles, as `nst-jax stylize` does.
+        kw: dict[str, Any] = {"alpha": args.alpha, "preserve_color": "luminance" if luminance else None, **tiles}
         if masks is not None:
             kw["masks"] = masks
         elif weights is not None:
@@ -211,6 +217,9 @@ def frame_function(st: Any, args: argparse.Namespace, styles: list, weights: lis
             return st.stylize(x, styles, **kw), None, np.zeros(len(x), bool)
 
         return per_frame
+    if needs_tiles:
+        raise NstError(f"{hw[1]}x{hw[0]} frames run in tiles (--tile, --memory-budget), which --stabilize does not "
+                       f"smooth yet; use --stabilize 0, or a smaller --content-size")
     return _stabilised(st, args, styles, weights, masks, hw, want_reference)
 
 

@@ -45,6 +45,9 @@ family's functions are specialised on, e.g. the encoder's `VGGSpec` for AdaIN):
 - `num_styles(params) -> int`: the size of the style table (families with one).
 - `compiler_options`: XLA options for the inference programs on the CPU (`nst_jax.runtime.jit`), e.g.
   `runtime.EIGEN_CONVOLUTIONS` for networks of narrow layers.
+- `tiling`: a `Tiling` (`nst_jax.tiling`): what tiled stylization needs to know about the network (halo,
+  alignment, per-pixel memory, window moments of its normalisation layers, its default statistics source).
+  None: the family is never tiled (`--tile` asks for 0).
 - `export`: an `Export` (`nst-jax export`): which `ExportBuilder` makes the family's ONNX graphs, named as
   "module:function" so that no model imports the export code, and whether onnx2tf converts them to LiteRT.
   None: the family cannot be exported.
@@ -75,6 +78,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 from nst_jax.errors import NstError
@@ -155,6 +159,54 @@ class Export:
         return getattr(importlib.import_module(module), name)
 
 
+class Moments(NamedTuple):
+    """Weighted moments of one normalisation layer over a window: the total weight (count), the weighted mean and
+    the weighted sum of squared deviations from it (m2). Tiles' moments combine exactly (Chan et al.)."""
+
+    count: Any
+    mean: Any
+    m2: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+    """What tiled stylization (`nst_jax.tiling`) needs from a family.
+
+    A tile of one fixed shape runs the network with the whole image's normalisation statistics (the statistics
+    seam); its outer `halo` pixels are thrown away and the cores partition the image, so tiles join exactly.
+
+    Attributes:
+      halo: pixels of context each side of a tile's core, >= the network's receptive-field radius (every output
+        pixel depends only on inputs within `halo` of it, once the statistics are fixed), a multiple of `align`.
+        Checked by perturbation in tests/test_tiling.py.
+      align: tile offsets and sizes are multiples of this, so every strided or pooled layer's grid in a tile
+        coincides with the whole image's (AdaIN: three 2x2 poolings, 8; CIN and arbitrary: two stride-2
+        convolutions, 4). The image is reflect-padded at the bottom/right to a multiple of it first (what CIN and
+        arbitrary do themselves; AdaIN's ceil-mode pooling does not, so there the last < 8 rows and columns of an
+        unaligned image differ slightly from the untiled picture).
+      bytes_per_pixel: measured peak working memory of one forward pass per input pixel
+        (`compile().memory_analysis()`, benchmarks/tiling.py), used to fit tiles to a memory budget.
+      moments: `moments(params, frozen, content, condition, masks, alpha, norm_stats, weight, static) ->
+        {layer: Moments}`, each normalisation layer's content-side moments over the pixels `weight` (N, H, W, 1)
+        selects (averaged onto the layer's grid), the network run with `norm_stats` (None: its own), keys in
+        network order. Arrays shaped as the layer's statistics ((N, 1, 1, C), or AdaIN's per-region (N, K, C)).
+      finish: `finish({layer: Moments of float64 arrays}) -> norm_stats`, the statistics tree `stats_forward`
+        takes (biased or unbiased variance, epsilon, structure: the family's own convention).
+      prepare: None, or `prepare(params, frozen, image, condition, masks, alpha, static) -> (condition, alpha)`:
+        fold what depends on the whole image into the condition before tiling (the arbitrary network's strength
+        mixes in the content image's own style vector), `image` the whole image or its thumbnail.
+      default_stats: "exact" or "thumbnail", the `--tile-stats` default (chosen by measurement, docs/tiling.md).
+    """
+
+    halo: int
+    align: int
+    bytes_per_pixel: float
+    moments: Callable[..., Any]
+    finish: Callable[..., Any]
+    prepare: Callable[..., Any] | None = None
+    default_stats: str = "exact"
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
     """The functions and capabilities of one model family (see the module docstring).
@@ -191,6 +243,7 @@ class Family:
     stats_type: type | None = None
     own_condition: Callable[..., Any] | None = None
     alpha_pixels: bool = False
+    tiling: Tiling | None = None
 
     def inference_fields(self) -> dict[str, Any]:
         """The inference part: {field: function} for the fields of `protocols.INFERENCE` this family has."""
@@ -290,5 +343,5 @@ def _from_module(module: Any, name: str) -> Family:
     return Family(name=name, caps=caps, **found)
 
 
-__all__ = ["MODELS", "Caps", "Export", "ExportBuilder", "Family", "MeanVar", "blend_conditions", "get", "register",
-           "unregister"]
+__all__ = ["MODELS", "Caps", "Export", "ExportBuilder", "Family", "MeanVar", "Moments", "Tiling", "blend_conditions",
+           "get", "register", "unregister"]

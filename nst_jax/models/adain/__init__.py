@@ -53,6 +53,7 @@ from nst_jax.models.adain.net import (
     upsample_conv,
 )
 from nst_jax.models.adain.stats import StyleStats, blend_stats, stats_condition
+from nst_jax.models.adain.tiles import TILING
 from nst_jax.models.adain.train import (
     LossConfig,
     _encoder_trees,
@@ -84,7 +85,7 @@ FAMILY = Family(
     # no LiteRT: onnx2tf was not tried on the VGG graph
     export=Export("nst_jax.export.families:adain_export"),
     # Smoothing relu4_1 is free (one encoder and one decoder pass) and lowered flicker (docs/video.md).
-    stats_forward=stats_forward, video_strength=0.5,
+    tiling=TILING, stats_forward=stats_forward, video_strength=0.5,
     # A strength map places the content's own relu4_1 statistics (its region's) as the second style.
     own_condition=own_condition,
 )

@@ -62,6 +62,7 @@ from nst_jax.models.arbitrary.net import (
 )
 from nst_jax.models.arbitrary.params import BOTTLENECK, CAPS, NAME, STYLE_SIZE, init_params
 from nst_jax.models.arbitrary.predictor import Net, predict, preprocess_style, style_vector
+from nst_jax.models.arbitrary.tiles import TILING
 from nst_jax.models.arbitrary.train import (
     inference_setup,
     loss_fn,
@@ -82,7 +83,7 @@ FAMILY = Family(
     export=Export("nst_jax.export.families:arbitrary_export", tflite=True,
                   tflite_encoder_size=(STYLE_SIZE, STYLE_SIZE)),
     # Smoothing costs a second pass and raised the measured flicker (docs/video.md): off unless asked.
-    stats_forward=stats_forward, video_strength=0.0,
+    tiling=TILING, stats_forward=stats_forward, video_strength=0.0,
     # A strength map places the content's own style vector (alpha 0) as the second style.
     own_condition=own_condition,
 )

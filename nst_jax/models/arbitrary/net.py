@@ -10,9 +10,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from nst_jax import ops
-from nst_jax.convs import DN, area, depth_to_space, moments, space_to_depth
+from nst_jax.convs import DN, area, depth_to_space, moments, space_to_depth, weighted_moments
 from nst_jax.errors import InputError
-from nst_jax.models import blend_conditions
+from nst_jax.models import Moments, blend_conditions
 from nst_jax.models.arbitrary.params import (
     BOTTLENECK,
     EPS,
@@ -173,7 +173,8 @@ def padded_size(height: int, width: int) -> tuple[int, int]:
 
 
 def transform(params: Params, content: Array, vectors: Array, *, masks: Array | None = None,
-              norm_stats: NormStats | None = None, return_stats: bool = False) -> Array | tuple[Array, NormStats]:
+              norm_stats: NormStats | None = None, return_stats: bool = False, stats_weight: Array | None = None
+              ) -> Array | tuple[Array, NormStats]:
     """The style transfer network: content images and style conditioning -> stylized images.
 
     Args:
@@ -190,6 +191,9 @@ def transform(params: Params, content: Array, vectors: Array, *, masks: Array | 
       norm_stats: optional {layer: (mean, var)} (keys `NORM_LAYERS`, each (N, 1, 1, C)) used instead of each
         image's own instance-norm moments (e.g. exponentially smoothed over video frames).
       return_stats: also return the moments each layer used, in the same form.
+      stats_weight: with `return_stats`, (N or 1, H', W', 1) weights of the input pixels at the padded size: the
+        returned statistics are then each layer's `Moments` over the weighted positions, computed before any
+        replacement by `norm_stats` (tiled statistics, `nst_jax.models.arbitrary.tiles`).
 
     Returns:
       (N, H, W, 3) float32 in [0, 1] (sigmoid output); with `return_stats`, (images, stats).
@@ -206,11 +210,14 @@ def transform(params: Params, content: Array, vectors: Array, *, masks: Array | 
     stats: NormStats = {}
 
     def norm(y: Array, layer: str) -> Array:
+        if stats_weight is not None:
+            stats[layer] = Moments(*weighted_moments(y, area(stats_weight, NORM_FACTORS[layer])))
         if norm_stats is not None:
             mean, var = norm_stats[layer]
         else:
             mean, var = moments(y)
-        stats[layer] = (mean, var)
+        if stats_weight is None:
+            stats[layer] = (mean, var)
         scale, shift = cond.scale_shift(params, layer, mean, var)
         return y * scale + shift
 
@@ -340,8 +347,8 @@ def _placed(params: Params, frozen: Any, content: Array, conditions: Mapping[str
 
 
 def stats_forward(params: Params, frozen: Any, content: Array, condition: Mapping[str, Array],
-                  masks: Array | None, alpha: Array, norm_stats: NormStats | None, static: Any = None
-                  ) -> tuple[Array, NormStats]:
+                  masks: Array | None, alpha: Array, norm_stats: NormStats | None, static: Any = None, *,
+                  stats_weight: Array | None = None) -> tuple[Array, NormStats]:
     """The statistics seam (`nst_jax.models`): `stylize`, or with masks `stylize_masked`, with every instance
     norm's moments given or returned (`transform`'s `norm_stats=` / `return_stats=`).
 
@@ -350,17 +357,19 @@ def stats_forward(params: Params, frozen: Any, content: Array, condition: Mappin
         {"vector": (N, K, 100)}.
       masks: None, or (N, H, W, K) per-pixel weights (as `stylize_masked`).
       norm_stats: None (each frame's own moments), or {layer: (mean, var)} as returned.
+      stats_weight: return each layer's weighted `Moments` instead (`transform`'s `stats_weight`).
 
     Returns:
       ((N, H, W, 3) in [0, 1], {layer: (mean, var)} the moments each layer used).
     """
+    kw = {"norm_stats": norm_stats, "return_stats": True, "stats_weight": stats_weight}
     if masks is not None:
         content, vectors, weights = _placed(params, frozen, content, condition, masks, alpha, static)
-        return transform(params, content, vectors, masks=weights, norm_stats=norm_stats, return_stats=True)
+        return transform(params, content, vectors, masks=weights, **kw)
     v = jnp.asarray(condition["vector"], jnp.float32)
     a = _alpha(alpha, v.shape[0])
     # As `stylize`: the content's own vector only when some strength is below 1.
     vectors = lax.cond(jnp.all(a == 1.0), lambda: v,
                        lambda: mix_strength(v, _vector(params, frozen, content, static), a))
     content = jnp.broadcast_to(content, (v.shape[0],) + content.shape[1:])
-    return transform(params, content, vectors, norm_stats=norm_stats, return_stats=True)
+    return transform(params, content, vectors, **kw)

@@ -46,6 +46,7 @@ from nst_jax.models.cin.net import (
     stylize_masked,
 )
 from nst_jax.models.cin.spec import CAPS, NAME, PRESETS, TransformerSpec, frozen_for, init_params, preset
+from nst_jax.models.cin.tiles import TILING
 from nst_jax.models.cin.train import (
     _init_params,
     inference_setup_trained,
@@ -66,7 +67,7 @@ FAMILY = Family(
     inference_setup=inference_setup_trained, num_styles=num_styles, compiler_options=EIGEN_CONVOLUTIONS,
     export=Export("nst_jax.export.families:cin_export", tflite=True),
     # Smoothing costs a second pass and raised the measured flicker (docs/video.md): off unless asked.
-    stats_forward=stats_forward, video_strength=0.0,
+    tiling=TILING, stats_forward=stats_forward, video_strength=0.0,
     # Alpha mixes pixels (alpha 0 is the content) and no row of the table reproduces the content: a strength map
     # mixes the output's pixels with the content's.
     alpha_pixels=True,

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from nst_jax.convs import DN, area, depth_to_space, space_to_depth
+from nst_jax.convs import DN, area, depth_to_space, space_to_depth, weighted_moments
 from nst_jax.errors import InputError, StyleError
-from nst_jax.models import blend_conditions
+from nst_jax.models import Moments, blend_conditions
 from nst_jax.models.cin.spec import (
     Layer,
     TransformerSpec,
@@ -141,7 +141,8 @@ def _small(layer: Layer) -> bool:
 
 def apply(params: Mapping[str, Any], x: Array, weights: Array, spec: TransformerSpec, *,
           norm_stats: Mapping[str, Any] | None = None, return_stats: bool = False,
-          impl: Literal["fast", "plain"] = "fast") -> Array | tuple[Array, Params]:
+          impl: Literal["fast", "plain"] = "fast", stats_weight: Array | None = None
+          ) -> Array | tuple[Array, Params]:
     """Run the transformer.
 
     Args:
@@ -156,6 +157,9 @@ def apply(params: Mapping[str, Any], x: Array, weights: Array, spec: Transformer
       return_stats: also return the per-layer instance-norm statistics computed (before any replacement).
       impl: "fast" (the rewritten convolutions) or "plain" (the straightforward walk; same values up to
         float32 rounding).
+      stats_weight: with `return_stats`, (N or 1, H', W', 1) weights of the input pixels at the padded size:
+        the returned statistics are then each layer's `Moments` over the weighted positions (tiled statistics,
+        `nst_jax.models.cin.tiles`) instead of {"mean", "var"}.
 
     Returns:
       Stylized images (N, H, W, 3) float32 in [0, 1]; with `return_stats`, (images, stats tree).
@@ -221,7 +225,11 @@ def apply(params: Mapping[str, Any], x: Array, weights: Array, spec: Transformer
         grid = (h.shape[1] * 2, h.shape[2] * 2) if phased else (h.shape[1], h.shape[2])
         if layer.norm:
             mean, var = _moments(h, groups)
-            if return_stats:
+            if return_stats and stats_weight is not None:
+                wg = area(stats_weight, stats_weight.shape[1] // grid[0])
+                _set(stats_out, layer.path, Moments(*weighted_moments(
+                    h, space_to_depth(wg, 2) if phased else wg, groups)))
+            elif return_stats:
                 _set(stats_out, layer.path, {"mean": mean, "var": var})
             if norm_stats is not None:
                 try:
@@ -369,7 +377,8 @@ def _rows(content: Array, condition: Mapping[str, Array], masks: Array | None) -
 
 
 def stats_forward(params: Mapping[str, Any], frozen: Any, content: Array, condition: Mapping[str, Array],
-                  masks: Array | None, alpha: Array, norm_stats: Any, static: Any = None) -> tuple[Array, Any]:
+                  masks: Array | None, alpha: Array, norm_stats: Any, static: Any = None, *,
+                  stats_weight: Array | None = None) -> tuple[Array, Any]:
     """The statistics seam (`nst_jax.models`): `stylize`, or with masks `stylize_masked`, with every instance
     norm's statistics given or returned (`apply`'s `norm_stats=` / `return_stats=`).
 
@@ -378,10 +387,12 @@ def stats_forward(params: Mapping[str, Any], frozen: Any, content: Array, condit
         {"weights": (N, K, S)}.
       masks: None, or (N, H, W, K) per-pixel weights of the K conditions.
       norm_stats: None (each frame's own), or a tree {path: {"mean", "var"}} as returned.
+      stats_weight: return each layer's weighted `Moments` instead (`apply`'s `stats_weight`).
 
     Returns:
       ((N, H, W, 3) float32 in [0, 1], the per-layer statistics the pass computed).
     """
     content, w = _rows(content, condition, masks)
-    y, stats = apply(params, content, w, _spec_for(frozen, static), norm_stats=norm_stats, return_stats=True)
+    y, stats = apply(params, content, w, _spec_for(frozen, static), norm_stats=norm_stats, return_stats=True,
+                     stats_weight=stats_weight)
     return _mix_alpha(y, content, alpha), stats
