@@ -35,6 +35,4 @@ def _forget(family_id: int) -> None:
         del _JITTED[k]
 
 
-_jitted = jitted  # the name the callers used
-
 __all__ = ["jitted"]

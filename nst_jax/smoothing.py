@@ -359,7 +359,7 @@ def _streams_pass(family: Any) -> Any:
 
 
 def _jitted_pass(stylizer: Any, what: str, build: Any) -> Any:
-    from nst_jax.stylize import _jitted
+    from nst_jax.family_programs import jitted as _jitted
 
     return partial(_jitted(stylizer.family, what, build), static=stylizer.static)
 

@@ -60,7 +60,7 @@ def prepare(strength_map: Any, n: int, hw: tuple[int, int]) -> np.ndarray:
 
 
 def program(family: Any) -> Callable[..., Any]:
-    """The one-pass strength program of a family, for `nst_jax.stylize._jitted(family, "strength", program)`.
+    """The one-pass strength program of a family, for `nst_jax.family_programs.jitted(family, "strength", program)`.
 
     The function is (params, frozen, content, conditions, masks, strength, alpha, static) -> images, with
     conditions of leading axes (N, K), masks None (K = 1: the style everywhere) or (N, H, W, K) placing them,

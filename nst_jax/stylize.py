@@ -29,7 +29,7 @@ import numpy as np
 from nst_jax import color, strength, tiling
 from nst_jax.checks import alpha_values, image_batch, normalise_weights
 from nst_jax.errors import NstError
-from nst_jax.family_programs import _jitted
+from nst_jax.family_programs import jitted as _jitted
 from nst_jax.files import array_digest
 from nst_jax.image import masks_to_grid, to_uint8
 from nst_jax.models import adain

@@ -336,7 +336,7 @@ def stylize_tiled(stylizer: Any, image: np.ndarray, condition: Any, masks: np.nd
     from tqdm import tqdm
 
     from nst_jax import color
-    from nst_jax.stylize import _jitted
+    from nst_jax.family_programs import jitted as _jitted
 
     family, tiling = stylizer.family, stylizer.family.tiling
     if stats not in (None, *STATS):
