@@ -48,8 +48,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-batch", type=int, default=None,
                    help="server --max-batch (default as serve.py: 1 on CPU, 8 on GPU/TPU)")
     p.add_argument("--windows", type=int, nargs="+", default=None,
-                   help="frames in flight per client (default: what the page keeps: 2 when model calls take "
-                        "< 150 ms, else 1)")
+                   help="frames in flight per client (default: what the page keeps, 2)")
     p.add_argument("--model", help="models as serve.py --model takes them, comma-separated, each measured in "
                                    "turn (default: AdaIN, random weights)")
     p.add_argument("--quick", action="store_true",
@@ -197,7 +196,7 @@ def bench(name: str | None, args: argparse.Namespace) -> dict:
         model_only[b] = {"ms_per_call": 1000 * med, "frames_per_s": b / med}
         print(f"model alone, batch {b}: {1000 * med:.1f} ms per call = {b / med:.2f} frames/s")
 
-    page_window = 2 if model_only[1]["ms_per_call"] < PIPELINE_MODEL_MS else 1
+    page_window = FRAMES_IN_FLIGHT
     windows = args.windows or [page_window]
     y, xg = np.mgrid[0:args.size, 0:args.size] / args.size
     content = np.stack([xg, y, 0.5 + 0.5 * np.sin(20 * xg * y)], -1).astype(np.float32)
@@ -253,8 +252,8 @@ def bench(name: str | None, args: argparse.Namespace) -> dict:
     return out
 
 
-# The page keeps two frames in flight below this model time per call (static/app.js, PIPELINE_MODEL_MS).
-PIPELINE_MODEL_MS = 150
+# The page keeps two frames in flight (static/app.js, FRAMES_IN_FLIGHT).
+FRAMES_IN_FLIGHT = 2
 
 
 def main() -> None:

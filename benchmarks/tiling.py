@@ -3,12 +3,14 @@
 For each family, in its own process (so its peak RSS is its own): a photo built from `skimage.data` (96 MP,
 uint8, as `nst-jax stylize --content-size 0` reads it) stylized with one style through `Stylizer.stylize_image`
 (tiles fitted to the default memory budget, the family's default statistics), against the untiled run at
-1024 px (compiled first, median of 3). Targets: peak RSS under 3 GB, time per megapixel within 1.3x the
+1024 px (compiled first, median of 3); the tiled run is timed warm too (a photo of half the size compiles its
+tiles and thumbnail first). Targets: peak RSS under 3 GB, time per megapixel within 1.3x the
 untiled run's. AdaIN runs on random weights in pytorch-AdaIN's format when the released ones are absent (the
 table says so: the timing and memory do not depend on the values).
 
     python benchmarks/tiling.py                  # the full run (long: minutes per family on 2 cores)
     python benchmarks/tiling.py --quick          # small sizes, a smoke test
+    python benchmarks/tiling.py --models adain --size 4000x3000   # another size
     python benchmarks/tiling.py --measure        # bytes per pixel of one pass (`Tiling.bytes_per_pixel`)
 
 Results go to benchmarks/RESULTS.md by hand.
@@ -80,6 +82,8 @@ def worker(model: str, height: int, width: int, small: int, budget: str | None) 
         rec = st.family.tiling
         budget = int((2 * rec.halo + height // 2 + rec.align) ** 2 * rec.bytes_per_pixel)
     plan = st.tile_plan(height, width, "auto", budget)
+    # compile first: a photo of half the size and the same shape has the same tiles and thumbnail
+    st.stylize_image(photo(height // 2, width // 2), [style], tile="auto", memory_budget=budget)
     t = time.perf_counter()
     out = st.stylize_image(big, [style], tile="auto", memory_budget=budget)
     wall = time.perf_counter() - t
@@ -133,6 +137,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
     p.add_argument("--models", default=",".join(FAMILIES))
     p.add_argument("--measure", action="store_true", help="print bytes per pixel of one pass and exit")
+    p.add_argument("--size", metavar="WxH", default="12000x8000",
+                   help="the photo's size (default 12000x8000; AdaIN on 2 CPU cores takes about 20 minutes there)")
     p.add_argument("--worker", nargs=5, metavar=("MODEL", "H", "W", "SMALL", "BUDGET"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
@@ -145,7 +151,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(measure(m))
         return []
     # quick: tiles forced by a small budget on a small photo
-    h, w, small, budget = (400, 600, 256, "halves") if args.quick else (8000, 12000, 1024, "-")
+    try:
+        w, h = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"--size: expected WxH, got {args.size!r}") from None
+    h, w, small, budget = (400, 600, 256, "halves") if args.quick else (h, w, 1024, "-")
     print(machine_note())
     # every family in its own process (its own peak RSS), under the benchmarks' allocator settings
     env = {**os.environ, **ALLOCATOR_ENV, "PYTHONPATH": str(ROOT)}

@@ -43,6 +43,9 @@ THUMBNAIL = 1024
 # (larger tiles gain little once the halo is a small part of them, and the machine stays usable).
 BUDGET_FRACTION = 0.25
 BUDGET_CAP = 2 * 1024 ** 3
+# "auto" tiles are at most this many pixels a side: past it a pass runs slower per pixel on the CPU (the working
+# set leaves the caches) while the halo's share is already small (benchmarks/RESULTS.md, tile sizes).
+AUTO_TILE_MAX = 2048
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -165,8 +168,8 @@ def plan(height: int, width: int, tiling: Tiling, tile: int | str | None, budget
     Args:
       height, width: the image's size.
       tiling: the family's `Tiling`.
-      tile: None (untiled), "auto" (tiles only if the whole image would not fit `budget`, as large as fit), or a
-        tile side in pixels (rounded up to the family's alignment).
+      tile: None (untiled), "auto" (tiles only if the whole image would not fit `budget`, as large as fit up to
+        `AUTO_TILE_MAX` a side), or a tile side in pixels (rounded up to the family's alignment).
       budget: bytes of working memory for one pass (None: `default_budget()`).
 
     Raises:
@@ -180,7 +183,7 @@ def plan(height: int, width: int, tiling: Tiling, tile: int | str | None, budget
     if tile == "auto":
         if height * width * bpp <= budget:
             return None
-        side = int((budget / bpp) ** 0.5) // tiling.align * tiling.align
+        side = min(int((budget / bpp) ** 0.5), AUTO_TILE_MAX) // tiling.align * tiling.align
         if side < smallest:
             raise NstError(f"a memory budget of {_fmt(budget)} is too small for even one tile: the smallest tile "
                            f"({smallest}x{smallest} px) needs about {_fmt(smallest * smallest * bpp)}")

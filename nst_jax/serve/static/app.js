@@ -5,9 +5,8 @@
 const KIND_FRAME = 1, KIND_UPLOAD = 2, KIND_RESULT = 1, KIND_SOURCE = 3;
 // Frames in flight: a second frame is decoded while the first is in the model, and the first encoded and sent while
 // the second is in it, so the model never waits for the network or the codecs (a pipeline of depth 2; the latency
-// stays under two model calls). Worth it while the frame rate is what the eye follows; a model slower than this per
-// call (a slideshow anyway) keeps one, for the shortest latency.
-const PIPELINE_MODEL_MS = 150;
+// stays under two model calls). It pays for every model measured, fast or slow (benchmarks/RESULTS.md).
+const FRAMES_IN_FLIGHT = 2;
 const $ = (id) => document.getElementById(id);
 
 // Everything the page knows, exposed for debugging and for the browser test.
@@ -16,7 +15,7 @@ const nst = window.nst = {
   settings: { version: 0, styles: [], alpha: 1, preserve_color: "none", size: 256, side_by_side: false },
   smoothing: 0,  // statistic smoothing strength, this page's own (0: exact per-frame output)
   seq: 0, sent: new Map(), framesSent: 0, framesReceived: 0, lastVersion: -1, lastSeq: -1,
-  resultTimes: [], latencies: [], errors: [], uploads: 0, cameraError: null, serverStats: null, maxInFlight: 2,
+  resultTimes: [], latencies: [], errors: [], uploads: 0, cameraError: null, serverStats: null, maxInFlight: FRAMES_IN_FLIGHT,
   model: null, models: [], modelState: "ready",  // the model picker (serve.py --model a,b,c)
 };
 
@@ -97,7 +96,6 @@ function onControl(msg) {
       break;
     case "stats":
       nst.serverStats = msg;
-      if (msg.model_ms > 0) nst.maxInFlight = msg.model_ms < PIPELINE_MODEL_MS ? 2 : 1;
       $("server").textContent = `server ${msg.server_fps} fps · batch ${msg.avg_batch} · ${msg.model_ms} ms` +
         (msg.source_error ? ` · ${msg.source_error}` : "");
       break;
