@@ -241,7 +241,7 @@ class Family:
     dtypes: tuple[str, ...] = ("float32",)
     encoder_setup: P.EncoderSetupFn | None = None
     stats_type: type | None = None
-    own_condition: Callable[..., Any] | None = None
+    own_condition: P.OwnConditionFn | None = None
     alpha_pixels: bool = False
     tiling: Tiling | None = None
 

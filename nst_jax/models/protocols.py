@@ -65,6 +65,14 @@ class StatsForwardFn(Protocol):
                  alpha: Any, norm_stats: NormStats | None, /, static: Static) -> tuple[Images, NormStats]: ...
 
 
+class OwnConditionFn(Protocol):
+    """The content's own condition (a strength map's second "style"): weighted by the last of `masks`
+    (N, H, W, K + 1), or None -> the condition whose `stylize` is the alpha-0 output."""
+
+    def __call__(self, params: Params, frozen: Frozen, content: Images, masks: Any | None, /,
+                 static: Static) -> Condition: ...
+
+
 class InferenceSetupFn(Protocol):
     """A trained model's `config` -> (frozen, static) it runs with."""
 
@@ -139,7 +147,7 @@ class ValidateConfigFn(Protocol):
 INFERENCE: dict[str, type] = {
     "condition": ConditionFn, "blend": BlendFn, "stylize": StylizeFn, "stylize_masked": StylizeMaskedFn,
     "stats_forward": StatsForwardFn, "inference_setup": InferenceSetupFn, "encoder_setup": EncoderSetupFn,
-    "num_styles": NumStylesFn,
+    "num_styles": NumStylesFn, "own_condition": OwnConditionFn,
 }
 TRAINING: dict[str, type] = {
     "init_params": InitParamsFn, "setup": SetupFn, "open_streams": OpenStreamsFn, "loss_fn": LossFn,
@@ -191,7 +199,7 @@ def _describe(protocol: type) -> str:
 
 __all__ = [
     "CONTRACT", "INFERENCE", "TRAINING", "BlendFn", "ConditionFn", "EncoderSetupFn", "InferenceSetupFn",
-    "InitParamsFn", "LossFn", "NumStylesFn", "OpenStreamsFn", "SampleFn", "SetupFn", "StartParamsFn",
+    "InitParamsFn", "LossFn", "NumStylesFn", "OpenStreamsFn", "OwnConditionFn", "SampleFn", "SetupFn", "StartParamsFn",
     "StatsForwardFn", "StylizeFn", "StylizeMaskedFn", "TrainableMaskFn", "ValidateConfigFn", "check_family",
     "conforms",
 ]
