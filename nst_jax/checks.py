@@ -63,7 +63,10 @@ def image_batch(img: Any, what: str) -> np.ndarray:
         raise NstError(f"{what} must be (H, W, 3) or (N, H, W, 3) RGB, got shape {a.shape}")
     if not np.issubdtype(a.dtype, np.floating):
         raise NstError(f"{what} must be float RGB in [0, 1], got dtype {a.dtype}")
-    return np.ascontiguousarray(a, dtype=np.float32)
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if not np.isfinite(a).all():  # NaN would run through the network into a silently black or grey picture
+        raise NstError(f"{what} holds NaN or infinite values; images are float RGB in [0, 1]")
+    return a
 
 
 def alpha_values(alpha: float | Sequence[float], n: int) -> np.ndarray:

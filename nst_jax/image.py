@@ -13,7 +13,9 @@ array and a JAX array (the latter jit-able) resize to the same values.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import re
 import struct
 import warnings
 from collections.abc import Iterator, Sequence
@@ -66,6 +68,7 @@ def _open(path: Path, max_pixels: int | None = None) -> Image.Image:
     """Open and fully decode an image; every failure (decompression bombs included) becomes ImageError.
 
     `max_pixels` raises (or lowers) the decompression-bomb guard for this file (default: Pillow's, 89.5 MP)."""
+    limit = check_max_pixels(max_pixels)
     if not path.exists():
         raise ImageError(f"image not found: {path}")
     if path.is_dir():
@@ -80,7 +83,11 @@ def _open(path: Path, max_pixels: int | None = None) -> Image.Image:
                 im.load()
                 return im
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"refusing to decode {path}: {e} (--max-pixels raises the limit)") from None
+        # Pillow's own message quotes twice the limit above 2x; say the limit that was asked for.
+        m = re.search(r"\((\d+) pixels\)", str(e))
+        size, limit = f"{int(m.group(1)):,} pixels" if m else "too many pixels", limit or Image.MAX_IMAGE_PIXELS
+        raise ImageError(f"refusing to decode {path}: {size}, over the limit of {limit:,} "
+                         f"(--max-pixels raises the limit)") from None
     except UnidentifiedImageError:
         raise ImageError(f"not an image (or an unsupported format): {path}") from None
     except (OSError, ValueError, SyntaxError, EOFError, struct.error, TypeError, IndexError, KeyError,
@@ -88,6 +95,22 @@ def _open(path: Path, max_pixels: int | None = None) -> Image.Image:
         # Pillow's plugins raise all of these on corrupt files; some messages quote the file's bytes
         detail = " ".join(str(e).split())[:160] or type(e).__name__
         raise ImageError(f"cannot read image {path}: {detail}") from None
+
+
+def check_max_pixels(max_pixels: Any) -> int | None:
+    """`max_pixels` as a whole number of pixels >= 1 (None: Pillow's guard); ImageError for anything else."""
+    if max_pixels is None:
+        return None
+    if (isinstance(max_pixels, int | float | np.integer | np.floating) and not isinstance(max_pixels, bool)
+            and math.isfinite(max_pixels) and max_pixels >= 1):
+        return int(max_pixels)
+    raise ImageError(f"max_pixels (--max-pixels) must be a positive, finite number of pixels, got {max_pixels!r}")
+
+
+def _as_path(path: Any) -> Path:
+    if not isinstance(path, str | os.PathLike) or not str(path):
+        raise ImageError(f"an image path must be a non-empty str or os.PathLike, got {path!r}")
+    return Path(path)
 
 
 @contextlib.contextmanager
@@ -109,7 +132,7 @@ def load_uint8(path: str | os.PathLike, *, max_pixels: int | None = None) -> np.
     Raises:
       ImageError: as `load_image`; more than `max_pixels` pixels (default: Pillow's guard, 89.5 MP).
     """
-    im = to_rgb(_open(Path(path), max_pixels))
+    im = to_rgb(_open(_as_path(path), max_pixels))
     return np.asarray(im, np.uint8)
 
 
@@ -201,7 +224,7 @@ def load_image(path: str | os.PathLike, *, size: int | None = None, max_side: in
         raise ValueError("crop=True needs size")
     if size is not None and size < 1 or max_side is not None and max_side < 1:
         raise ValueError(f"size and max_side must be positive, got size={size}, max_side={max_side}")
-    path = Path(path)
+    path = _as_path(path)
     im = _open(path, max_pixels)
     # 16-bit and float grayscale keep their precision as floats; everything else is 8-bit RGB in Pillow.
     img = _high_depth_rgb(im) if _is_high_depth(im) else to_rgb(im)

@@ -42,13 +42,17 @@ def prepare(strength_map: Any, n: int, hw: tuple[int, int]) -> np.ndarray:
     Raises:
       NstError: wrong rank, batch, dtype or values; ImageError: another aspect ratio.
     """
-    m = np.asarray(strength_map)
+    try:
+        m = np.asarray(strength_map)
+    except (ValueError, TypeError) as e:  # ragged nested lists
+        raise NstError(f"a strength map must be an (H, W) or (N, H, W) array of floats in [0, 1]: {e}") from None
     if not (np.issubdtype(m.dtype, np.floating) or np.issubdtype(m.dtype, np.integer)) or m.dtype == bool:
         raise NstError(f"a strength map must be floats in [0, 1], got dtype {m.dtype}")
     if m.ndim == 2:
         m = m[None]
     if m.ndim != 3 or m.shape[0] not in (1, n) or min(m.shape[1:]) < 1:
-        raise NstError(f"a strength map must be (H, W) or (N, H, W) with N = 1 or {n}, got shape {m.shape}")
+        raise NstError(f"a strength map must be (H, W) or (N, H, W) with N = 1 or {n} (the batch), got shape "
+                       f"{m.shape}")
     m = m.astype(np.float32)
     if not np.all(np.isfinite(m)) or m.min() < 0 or m.max() > 1:
         raise NstError("a strength map must hold values in [0, 1]")

@@ -369,6 +369,7 @@ class Stylizer:
         """
         x = _as_batch(content, "content")
         n, H, W, _ = x.shape
+        tiling.check_stats(tile_stats)
         cond, m = self._request(x, styles, weights, masks, preserve_color)
         a = jnp.asarray(_alphas(alpha, n))
         tile_plan = self.tile_plan(H, W, tile, memory_budget)
@@ -376,9 +377,12 @@ class Stylizer:
         if strength_map is not None:
             strength.check_family(self.family)
             smap = jnp.asarray(strength.prepare(strength_map, n, (H, W)))
-            if tile_plan is not None:
-                raise NstError(f"a strength map runs in one pass, and a {H} x {W} picture needs tiles here: "
-                               f"give a smaller content size or a larger memory budget")
+            if tile_plan is not None and tile_plan.count > 1:
+                why = (f"--tile {tile} splits it" if tiling.check_tile(tile) != "auto"
+                       else "it does not fit the memory budget")
+                raise NstError(f"a strength map runs in one pass, and a {H} x {W} picture needs tiles here ({why}): "
+                               f"give a smaller content size, a larger memory budget or --tile auto")
+            tile_plan = None  # one tile holding the whole picture is the one pass
         if tile_plan is not None:
             return np.stack([tiling.stylize_tiled(
                 self, x[i], jax.tree.map(lambda v, i=i: v[i:i + 1], cond), None if m is None else m, a[i:i + 1],
@@ -404,12 +408,14 @@ class Stylizer:
 
     def stylize_image(self, image: np.ndarray, styles: Sequence[Any], *, weights: Sequence[float] | None = None,
                       alpha: float = 1.0, masks: Sequence[Any] | None = None,
-                      preserve_color: ColorMode | None = None, tile: int | str | None = "auto",
-                      tile_stats: str | None = None, memory_budget: int | str | None = None,
-                      progress: bool = False, verbose: bool = False) -> np.ndarray:
+                      preserve_color: ColorMode | None = None, strength_map: Any = None,
+                      tile: int | str | None = "auto", tile_stats: str | None = None,
+                      memory_budget: int | str | None = None, progress: bool = False, verbose: bool = False
+                      ) -> np.ndarray:
         """One image of any size, (H, W, 3) uint8 (`nst_jax.image.load_uint8`), stylized into a new uint8 array,
         in tiles where it would not fit the budget; `stylize`'s arguments. The whole image is never held as
-        float32 when tiled ("histogram" recolours the styles to its thumbnail).
+        float32 when tiled ("histogram" recolours the styles to its thumbnail). A strength map runs in one pass,
+        as in `stylize`, which refuses a picture that needs tiles.
 
         Returns:
           (H, W, 3) uint8.
@@ -418,10 +424,12 @@ class Stylizer:
         if img.ndim != 3 or img.shape[-1] != 3 or img.dtype != np.uint8:
             raise NstError(f"stylize_image takes an (H, W, 3) uint8 image, got {img.dtype} {img.shape}")
         H, W = img.shape[:2]
+        tiling.check_stats(tile_stats)
         tile_plan = self.tile_plan(H, W, tile, memory_budget)
-        if tile_plan is None:
+        if tile_plan is None or strength_map is not None:  # `stylize` refuses a strength map that needs tiles
             return to_uint8(self.stylize(tiling.as_float(img), styles, weights=weights, alpha=alpha, masks=masks,
-                                         preserve_color=preserve_color)[0])
+                                         preserve_color=preserve_color, strength_map=strength_map, tile=tile,
+                                         memory_budget=memory_budget)[0])
         small = tiling.thumbnail(img, 1)[None] if preserve_color == "histogram" else np.zeros((1, 1, 1, 3), np.float32)
         cond, m = self._request(small, styles, weights, masks, preserve_color, hw=(H, W))
         return tiling.stylize_tiled(self, img, cond, m, _alphas(alpha, 1), tile_plan, stats=tile_stats,

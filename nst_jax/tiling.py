@@ -25,6 +25,7 @@ tile (`Tiling.bytes_per_pixel` x its pixels), fitted to a budget.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import sys
@@ -58,8 +59,12 @@ def parse_size(text: str | int | float) -> int:
     Raises:
       NstError: not a positive size.
     """
-    if isinstance(text, int | float):
+    if isinstance(text, bool):
+        raise NstError(f"--memory-budget must be a size such as 2G or 500M, got {text!r}")
+    if isinstance(text, int | float | np.integer | np.floating):
         value = float(text)
+        if not math.isfinite(value):
+            raise NstError(f"the memory budget must be a finite size such as 2G or 500M, got {text!r}")
     else:
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)i?b?\s*", str(text).lower())
         if m is None:
@@ -68,6 +73,37 @@ def parse_size(text: str | int | float) -> int:
     if not value > 0:
         raise NstError(f"the memory budget must be positive, got {text!r}")
     return int(value)
+
+
+def check_tile(tile: Any) -> int | str | None:
+    """`tile` as `plan` takes it: None, "auto" (any case, spaces around) or a whole number of pixels >= 1.
+
+    Raises:
+      NstError: anything else (a fraction, NaN, infinity, a list, a bool, another word).
+    """
+    if tile is None:
+        return None
+    if isinstance(tile, str):
+        if tile.strip().lower() == "auto":
+            return "auto"
+        # ASCII digits only ("²".isdigit() is true, int() refuses it); 18 digits keep int() away from its limit
+        if re.fullmatch(r"\s*[0-9]{1,18}\s*", tile) and int(tile) >= 1:
+            return int(tile)
+    elif isinstance(tile, int | float | np.integer | np.floating) and not isinstance(tile, bool | np.bool_):
+        if math.isfinite(tile) and float(tile).is_integer() and tile >= 1:
+            return int(tile)
+    raise NstError(f"--tile must be auto or a positive whole number of pixels, got {tile!r}")
+
+
+def check_stats(stats: Any) -> str | None:
+    """`tile_stats`: None (the family's default) or one of `STATS`, checked whether or not the image needs tiles.
+
+    Raises:
+      NstError: anything else.
+    """
+    if stats is None or (isinstance(stats, str) and stats in STATS):
+        return stats
+    raise NstError(f"--tile-stats must be one of {', '.join(STATS)}, got {stats!r}")
 
 
 def available_memory() -> int:
@@ -175,6 +211,7 @@ def plan(height: int, width: int, tiling: Tiling, tile: int | str | None, budget
     Raises:
       NstError: a tile side below the receptive field, or a budget too small for even one tile.
     """
+    tile = check_tile(tile)
     if tile is None:
         return None
     budget = default_budget() if budget is None else int(budget)
@@ -188,9 +225,7 @@ def plan(height: int, width: int, tiling: Tiling, tile: int | str | None, budget
             raise NstError(f"a memory budget of {_fmt(budget)} is too small for even one tile: the smallest tile "
                            f"({smallest}x{smallest} px) needs about {_fmt(smallest * smallest * bpp)}")
     else:
-        if isinstance(tile, str):
-            raise NstError(f"--tile must be auto or a number of pixels, got {tile!r}")
-        side = _round_up(int(tile), tiling.align)
+        side = _round_up(tile, tiling.align)
         if side < smallest:
             raise NstError(f"a tile of {int(tile)} px is below this network's receptive field: tiles need at "
                            f"least {smallest} px (a {tiling.halo} px halo on each side and a {tiling.align} px core)")
@@ -210,11 +245,13 @@ def plan_for(family: Family, height: int, width: int, tile: int | str | None,
     Raises:
       NstError: as `plan`; a tile size asked of a family without `Family.tiling`.
     """
+    tile = check_tile(tile)
+    budget = None if budget is None else parse_size(budget)
     if tile is None or (family.tiling is None and tile == "auto"):
         return None
     if family.tiling is None:
         raise NstError(f"a {family.name} model cannot run in tiles")
-    return plan(height, width, family.tiling, tile, None if budget is None else parse_size(budget))
+    return plan(height, width, family.tiling, tile, budget)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -342,8 +379,7 @@ def stylize_tiled(stylizer: Any, image: np.ndarray, condition: Any, masks: np.nd
     from nst_jax.family_programs import jitted as _jitted
 
     family, tiling = stylizer.family, stylizer.family.tiling
-    if stats not in (None, *STATS):
-        raise NstError(f"tile statistics must be one of {', '.join(STATS)}, got {stats!r}")
+    check_stats(stats)
     stats = stats or tiling.default_stats
     h, w = image.shape[:2]
     shape = tile_plan.shape

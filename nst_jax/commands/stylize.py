@@ -127,14 +127,9 @@ def add_tile_options(p: argparse.ArgumentParser, subject: str = "content") -> No
 
 def tile_args(args: argparse.Namespace) -> dict:
     """The Stylizer keywords of the tile flags, checked: {"tile", "tile_stats", "memory_budget"}."""
-    from nst_jax.errors import NstError
-    from nst_jax.tiling import parse_size
+    from nst_jax.tiling import check_tile, parse_size
 
-    tile = str(getattr(args, "tile", "auto")).strip().lower()
-    if tile != "auto":
-        if not tile.isdigit() or int(tile) < 1:
-            raise NstError(f"--tile must be auto or a positive number of pixels, got {args.tile!r}")
-        tile = int(tile)
+    tile = check_tile(str(getattr(args, "tile", "auto")))
     budget = getattr(args, "memory_budget", None)
     return {"tile": tile, "tile_stats": getattr(args, "tile_stats", None),
             "memory_budget": None if budget is None else parse_size(budget)}
@@ -218,8 +213,8 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], str, list[float] | None]:
     if not 0.0 <= args.alpha <= 1.0:
         raise NstError(f"--alpha must be in [0, 1], got {args.alpha}")
     tile_args(args)
-    if args.max_pixels is not None and not args.max_pixels >= 1:
-        raise NstError(f"--max-pixels must be a positive number of pixels, got {args.max_pixels:g}")
+    if args.max_pixels is not None and not 1 <= args.max_pixels < float("inf"):
+        raise NstError(f"--max-pixels must be a positive, finite number of pixels, got {args.max_pixels:g}")
     for flag, size in (("--content-size", args.content_size), ("--style-size", args.style_size)):
         if size < 0:
             raise NstError(f"{flag} must be >= 0, got {size}")
@@ -258,6 +253,8 @@ def plan(args: argparse.Namespace) -> tuple[list[Job], str, list[float] | None]:
             raise NstError(f"got {len(args.mask)} --mask for {len(styles)} --style: give one mask per style"
                            + (" (or one mask for two styles)" if len(styles) == 2 else ""))
     if args.strength_map is not None and not Path(args.strength_map).is_file():
+        if Path(args.strength_map).is_dir():
+            raise ImageError(f"--strength-map takes an image file, got a directory: {args.strength_map}")
         raise ImageError(f"no such strength map: {args.strength_map}")
     groups = [(s,) for s in styles] if mode == "pairs" else [tuple(styles)]
 
