@@ -4,7 +4,7 @@ With `exact` statistics a tiled picture with a strength map is the untiled one w
 difference <= 1e-4 on [0, 1]) at a size that needs 3 x 3 tiles, for AdaIN (random weights), `multistyle26` and
 `magenta-arbitrary` (real weights) and the toy family; with masks; through `stylize_image` and the command line
 (`--content-size 0 --tile N`). AdaIN's own condition is read off the statistics the tiles run with, so an all-zeros
-map is its alpha-0 picture even with thumbnail statistics.
+map is its alpha-0 picture even where the whole image is over the thumbnail size.
 """
 
 from __future__ import annotations
@@ -90,16 +90,17 @@ def test_toy_family_strength_tiles(toy_stylizer):
     _check(toy_stylizer, alpha=0.5)
 
 
-def test_adain_zero_map_is_alpha_zero_with_thumbnail_statistics(random_model, monkeypatch):
-    """With statistics that are not the image's own (a half-size thumbnail), AdaIN's own region is still the
-    identity: its own condition comes from the statistics the tiles use, not from the image."""
+def test_adain_zero_map_is_alpha_zero_over_the_thumbnail_size(random_model, monkeypatch):
+    """A picture over `THUMBNAIL` px (patched to half the image) cannot give its own condition from the whole
+    image; AdaIN reads it off the statistics the tiles run with (`Tiling.own_condition`), so its own region is
+    still the identity: an all-zeros map is the alpha-0 picture."""
     st = random_model
     tile, side = _sizes(st.family.tiling)
     x = _photo(side, side)
     monkeypatch.setattr(tiling, "THUMBNAIL", side // 2)
     zero = st.stylize(x, [_style(st)], alpha=0.0)
     tiled = st.stylize(x, [_style(st)], strength_map=np.zeros(x.shape[1:3], np.float32), tile=tile,
-                       tile_stats="thumbnail")
+                       tile_stats="exact")
     assert np.abs(tiled - zero).max() <= TOL
 
 
