@@ -9,7 +9,8 @@ AdaIN is the identity there; arbitrary: the content's own style vector). Familie
 and mix pixels instead: s * stylized + (1 - s) * content, the per-pixel form of their alpha.
 
 So an all-ones map is the plain stylization and an all-zeros map the alpha-0 output, in every family; `alpha`
-still scales the whole picture, and colour preservation runs after, as with masks.
+still scales the whole picture, and colour preservation runs after, as with masks. Pictures in tiles take the map
+per tile (`TileStrength`, docs/tiling.md).
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ examples:
   nst-jax stylize photo.jpg --model magenta-arbitrary --style starry.jpg --content-size 0
   nst-jax stylize big.tif --style starry.jpg --content-size 0 --max-pixels 200e6 --verbose  # tiled (docs/tiling.md)
   nst-jax stylize photo.jpg --style starry.jpg --content-size 0 --tile 1024 --tile-stats thumbnail
+  nst-jax stylize big.jpg --style starry.jpg --content-size 0 --strength-map map.png  # the map in tiles too
 """
 
 
