@@ -9,7 +9,8 @@ AdaIN is the identity there; arbitrary: the content's own style vector). Familie
 and mix pixels instead: s * stylized + (1 - s) * content, the per-pixel form of their alpha.
 
 So an all-ones map is the plain stylization and an all-zeros map the alpha-0 output, in every family; `alpha`
-still scales the whole picture, and colour preservation runs after, as with masks.
+still scales the whole picture, and colour preservation runs after, as with masks. Pictures in tiles take the map
+per tile (`TileStrength`, docs/tiling.md).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def check_family(family: Any) -> None:
 
 
 def prepare(strength_map: Any, n: int, hw: tuple[int, int]) -> np.ndarray:
-    """Check a strength map and stretch it to the content: (N, H, W) float32 in [0, 1].
+    """Check a strength map and stretch it to the content: (N, H, W) float32 in [0, 1] (read-only; a float32 map
+    of the content's size is not copied, so a tiled picture holds no second full-size map).
 
     Args:
       strength_map: (H', W') for every image, or (N, H', W') one per image (or (1, H', W')), floats in [0, 1]; a
@@ -53,14 +55,15 @@ def prepare(strength_map: Any, n: int, hw: tuple[int, int]) -> np.ndarray:
     if m.ndim != 3 or m.shape[0] not in (1, n) or min(m.shape[1:]) < 1:
         raise NstError(f"a strength map must be (H, W) or (N, H, W) with N = 1 or {n} (the batch), got shape "
                        f"{m.shape}")
-    m = m.astype(np.float32)
+    m = m.astype(np.float32, copy=False)  # a float32 map of the content's size is used as it is (no copy)
     if not np.all(np.isfinite(m)) or m.min() < 0 or m.max() > 1:
         raise NstError("a strength map must hold values in [0, 1]")
-    if m.shape[1:] != tuple(hw) and aspect_ratios_differ(m.shape[1:], hw):
-        raise ImageError(f"the strength map is {m.shape[2]}x{m.shape[1]} but the content is {hw[1]}x{hw[0]}: "
-                         f"their aspect ratios differ")
-    m = np.stack([fit_mask(mi, hw) for mi in m])
-    return np.ascontiguousarray(np.broadcast_to(m, (n,) + tuple(hw)), np.float32)
+    if m.shape[1:] != tuple(hw):
+        if aspect_ratios_differ(m.shape[1:], hw):
+            raise ImageError(f"the strength map is {m.shape[2]}x{m.shape[1]} but the content is {hw[1]}x{hw[0]}: "
+                             f"their aspect ratios differ")
+        m = np.stack([fit_mask(mi, hw) for mi in m])
+    return np.broadcast_to(m, (n,) + tuple(hw))
 
 
 def program(family: Any) -> Callable[..., Any]:
@@ -98,6 +101,88 @@ def program(family: Any) -> Callable[..., Any]:
         return family.stylize_masked(params, frozen, content, conds, weights, alpha, static)
 
     return run
+
+
+class TileStrength:
+    """A strength map in tiles (`nst_jax.tiling.stylize_tiled(strength=)`): what `program` does in one pass, per tile.
+
+    Families with an own condition: the K + 1 conditions get the content's own condition once for the whole image
+    (`Tiling.own_condition` from the statistics the tiles run with, else `Family.own_condition` of the whole
+    image, or of its thumbnail where the image is over `nst_jax.tiling.THUMBNAIL` px), and each tile's weights
+    (s * masks, 1 - s) are made from its crop of the map and the masks, so no full-size weights are held.
+    `alpha_pixels` families: the tiles run at full strength and each is mixed with its content tile.
+    """
+
+    def __init__(self, family: Any, smap: np.ndarray, masks: np.ndarray | None) -> None:
+        """smap: (H, W) float32 in [0, 1] at the content's size (`prepare`); masks: None or (H, W, K)."""
+        self.family, self.smap, self.user_masks = family, smap, masks
+        self.own = family.own_condition is not None
+
+    def masks(self, masks: Any) -> Any:
+        """What the tiles place their conditions with: these weights (own condition), or the masks given."""
+        return self if self.own else masks
+
+    def _weights(self, s: np.ndarray, m: np.ndarray | None) -> np.ndarray:
+        s = np.asarray(s, np.float32)[..., None]
+        placed = s if m is None else m / np.maximum(np.sum(m, axis=-1, keepdims=True), np.float32(1.0)) * s
+        return np.concatenate([placed, np.float32(1.0) - np.sum(placed, axis=-1, keepdims=True)], axis=-1)
+
+    def crop(self, rows: tuple, cols: tuple, shape: tuple[int, int]) -> np.ndarray:
+        """One tile's weights (th, tw, K + 1), padded past the image as the tiles pad masks (edge)."""
+        from nst_jax.tiling import _crop
+
+        s = _crop(self.smap[..., None], rows, cols, shape, mode="edge")[..., 0]
+        m = None if self.user_masks is None else _crop(self.user_masks, rows, cols, shape, mode="edge")
+        return self._weights(s, m)
+
+    def at(self, hw: tuple[int, int]) -> np.ndarray:
+        """The weights at (h, w): the map and masks resized (for the thumbnail), or themselves at their size."""
+        from nst_jax.tiling import resize
+
+        if tuple(hw) == self.smap.shape:
+            return self._weights(self.smap, self.user_masks)
+        m = None if self.user_masks is None else resize(self.user_masks, tuple(hw))
+        return self._weights(resize(self.smap[..., None], tuple(hw))[..., 0], m)
+
+    def conditions(self, stylizer: Any, whole: np.ndarray, cond: Any) -> Any:
+        """The K + 1 conditions, leaves (1, K + 1, ...): `cond` (a blend (1, ...) or K placed (1, K, ...)) and the
+        content's own; with `Tiling.own_condition` a stand-in until `finish`. `whole`: (h, w, 3)."""
+        import jax
+        import jax.numpy as jnp
+
+        if not self.own:
+            return cond
+        conds = cond if self.user_masks is not None else jax.tree.map(lambda v: v[:, None], cond)
+        if self.family.tiling.own_condition is not None:
+            own = jax.tree.map(lambda v: v[:, -1], conds)  # its values are not read before `finish`
+        else:
+            w = jnp.asarray(self.at(whole.shape[:2]))[None]
+            own = self.family.own_condition(stylizer.params, stylizer.frozen, jnp.asarray(whole)[None], w,
+                                            stylizer.static)
+        return jax.tree.map(lambda c, o: jnp.concatenate([c, jnp.asarray(o)[:, None].astype(c.dtype)], axis=1),
+                            conds, own)
+
+    def finish(self, cond: Any, norm_stats: Any) -> Any:
+        """The conditions the stylizing pass runs with: the own condition read off `norm_stats` where the family's
+        `Tiling.own_condition` does that."""
+        import jax
+        import jax.numpy as jnp
+
+        read = self.family.tiling.own_condition
+        if not self.own or read is None:
+            return cond
+        return jax.tree.map(lambda c, o: c.at[:, -1].set(jnp.asarray(o).astype(c.dtype)), cond, read(norm_stats))
+
+    def mix(self, y: Any, x: Any, rows: tuple, cols: tuple) -> Any:
+        """A tile's output: `alpha_pixels` families mix it with the content tile x, s * y + (1 - s) * x."""
+        import jax.numpy as jnp
+
+        if self.own:
+            return y
+        from nst_jax.tiling import _crop
+
+        s = jnp.asarray(_crop(self.smap[..., None], rows, cols, y.shape[1:3], mode="edge"))[None]
+        return jnp.clip(y * s + jnp.asarray(x, jnp.float32) * (1.0 - s), 0.0, 1.0)
 
 
 def gradient(hw: tuple[int, int], *, kind: str = "radial", center: Sequence[float] = (0.5, 0.5),

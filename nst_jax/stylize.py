@@ -357,7 +357,7 @@ class Stylizer:
           strength_map: per-pixel style strength, (H, W) or (N, H, W) floats in [0, 1] (0 keeps the content, i.e.
             the alpha-0 output, 1 the full style), the content's size or its aspect ratio (resized); with
             blends, masks (it scales them), alpha (which scales it) and colour preservation. One pass
-            (`nst_jax.strength`), not tiled.
+            (`nst_jax.strength`), or in tiles as any other request.
           tile: None (one pass), "auto" (tiles where the image would not fit `memory_budget`) or a tile side in
             pixels: tiled stylization with the whole image's statistics (`nst_jax.tiling`, docs/tiling.md).
           tile_stats: where tiles' statistics come from: "exact" or "thumbnail" (None: the family's default).
@@ -376,23 +376,18 @@ class Stylizer:
         smap = None
         if strength_map is not None:
             strength.check_family(self.family)
-            smap = jnp.asarray(strength.prepare(strength_map, n, (H, W)))
-            if tile_plan is not None and tile_plan.count > 1:
-                why = (f"--tile {tile} splits it" if tiling.check_tile(tile) != "auto"
-                       else "it does not fit the memory budget")
-                raise NstError(f"a strength map runs in one pass, and a {H} x {W} picture needs tiles here ({why}): "
-                               f"give a smaller content size, a larger memory budget or --tile auto")
-            tile_plan = None  # one tile holding the whole picture is the one pass
+            smap = strength.prepare(strength_map, n, (H, W))
         if tile_plan is not None:
             return np.stack([tiling.stylize_tiled(
                 self, x[i], jax.tree.map(lambda v, i=i: v[i:i + 1], cond), None if m is None else m, a[i:i + 1],
-                tile_plan, stats=tile_stats, luminance=preserve_color == "luminance", progress=False)
+                tile_plan, stats=tile_stats, luminance=preserve_color == "luminance", progress=False,
+                strength=None if smap is None else strength.TileStrength(self.family, smap[i], m))
                 for i in range(n)])
         xj = jnp.asarray(x, self.dtype)
         mj = None if m is None else jnp.broadcast_to(jnp.asarray(m), (n,) + m.shape)
         if smap is not None:  # a blend is the one style (K = 1) of the strength program
             conds = cond if m is not None else jax.tree.map(lambda v: v[:, None], cond)
-            out = self._strength_fn(self.params, self.frozen, xj, conds, mj, smap, a)
+            out = self._strength_fn(self.params, self.frozen, xj, conds, mj, jnp.asarray(smap), a)
         elif m is None:
             out = self._forward_fn(self.params, self.frozen, xj, cond, a)
         else:
@@ -414,8 +409,7 @@ class Stylizer:
                       ) -> np.ndarray:
         """One image of any size, (H, W, 3) uint8 (`nst_jax.image.load_uint8`), stylized into a new uint8 array,
         in tiles where it would not fit the budget; `stylize`'s arguments. The whole image is never held as
-        float32 when tiled ("histogram" recolours the styles to its thumbnail). A strength map runs in one pass,
-        as in `stylize`, which refuses a picture that needs tiles.
+        float32 when tiled ("histogram" recolours the styles to its thumbnail).
 
         Returns:
           (H, W, 3) uint8.
@@ -426,15 +420,18 @@ class Stylizer:
         H, W = img.shape[:2]
         tiling.check_stats(tile_stats)
         tile_plan = self.tile_plan(H, W, tile, memory_budget)
-        if tile_plan is None or strength_map is not None:  # `stylize` refuses a strength map that needs tiles
+        if tile_plan is None:
             return to_uint8(self.stylize(tiling.as_float(img), styles, weights=weights, alpha=alpha, masks=masks,
-                                         preserve_color=preserve_color, strength_map=strength_map, tile=tile,
-                                         memory_budget=memory_budget)[0])
+                                         preserve_color=preserve_color, strength_map=strength_map)[0])
+        if strength_map is not None:
+            strength.check_family(self.family)
+            strength_map = strength.prepare(strength_map, 1, (H, W))[0]
         small = tiling.thumbnail(img, 1)[None] if preserve_color == "histogram" else np.zeros((1, 1, 1, 3), np.float32)
         cond, m = self._request(small, styles, weights, masks, preserve_color, hw=(H, W))
         return tiling.stylize_tiled(self, img, cond, m, _alphas(alpha, 1), tile_plan, stats=tile_stats,
                                     out=np.empty((H, W, 3), np.uint8), luminance=preserve_color == "luminance",
-                                    progress=progress, verbose=verbose)
+                                    progress=progress, verbose=verbose, strength=None if strength_map is None
+                                    else strength.TileStrength(self.family, strength_map, m))
 
     def _request(self, x: np.ndarray, styles: Sequence[Any], weights: Sequence[float] | None,
                  masks: Sequence[Any] | None, preserve_color: str | None, hw: tuple[int, int] | None = None

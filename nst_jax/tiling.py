@@ -342,16 +342,24 @@ def _tile_forward(family: Family) -> Any:
     return forward
 
 
-def _crop_masks(masks: np.ndarray | None, rows: tuple, cols: tuple, shape: tuple[int, int]) -> Any:
+def _crop_masks(masks: Any, rows: tuple, cols: tuple, shape: tuple[int, int]) -> Any:
     if masks is None:
         return None
+    if hasattr(masks, "crop"):  # a strength map's weights, made per tile (`nst_jax.strength.TileStrength`)
+        return masks.crop(rows, cols, shape)[None]
     return _crop(masks, rows, cols, shape, mode="edge")[None]
+
+
+def _resize_masks(masks: Any, hw: tuple[int, int]) -> Any:
+    if masks is None:
+        return None
+    return (masks.at(hw) if hasattr(masks, "at") else resize(masks, hw))[None]
 
 
 def stylize_tiled(stylizer: Any, image: np.ndarray, condition: Any, masks: np.ndarray | None, alpha: Any,
                   tile_plan: TilePlan, *, stats: str | None = None, norm_stats: Any = None,
                   out: np.ndarray | None = None, luminance: bool = False, progress: bool = True,
-                  verbose: bool = False) -> np.ndarray:
+                  verbose: bool = False, strength: Any = None) -> np.ndarray:
     """Stylize one image in tiles (see the module docstring).
 
     Args:
@@ -368,6 +376,8 @@ def stylize_tiled(stylizer: Any, image: np.ndarray, condition: Any, masks: np.nd
       luminance: keep the content's chroma (`nst_jax.color.luminance_transfer`, per pixel, so per tile).
       progress: a tqdm bar over the tiles of every pass.
       verbose: print the plan, the passes and the peak memory to stderr.
+      strength: None, or a strength map's `nst_jax.strength.TileStrength`: it adds the content's own condition
+        to `condition` and makes each tile's weights (then `masks` is ignored), or mixes each tile's pixels.
 
     Returns:
       `out`, filled.
@@ -387,17 +397,19 @@ def stylize_tiled(stylizer: Any, image: np.ndarray, condition: Any, masks: np.nd
     a = jnp.asarray(alpha, jnp.float32).reshape(-1)
     cond = condition
     thumb = None
-    if norm_stats is None or tiling.prepare is not None:
+    if norm_stats is None or tiling.prepare is not None or strength is not None:
         thumb = thumbnail(image, tiling.align)
+    whole = None if thumb is None else (as_float(image) if max(h, w) <= THUMBNAIL else thumb)
+    if strength is not None:
+        cond, masks = strength.conditions(stylizer, whole, cond), strength.masks(masks)
     if tiling.prepare is not None:
-        whole = as_float(image) if max(h, w) <= THUMBNAIL else thumb
         cond, a = tiling.prepare(p, f, jnp.asarray(whole)[None], cond, masks, a, static)
     moments = _jitted(family, "tile_moments", lambda fam: fam.tiling.moments)
     forward = _jitted(family, "tile_forward", _tile_forward)
     passes = 0
     current: dict[str, Moments] = {}
     if norm_stats is None:
-        tm = None if masks is None else resize(masks, thumb.shape[:2])[None]
+        tm = _resize_masks(masks, thumb.shape[:2])
         ones = jnp.ones((1,) + thumb.shape[:2] + (1,), jnp.float32)
         current = _host(moments(p, f, jnp.asarray(thumb)[None], cond, tm, a, None, ones, static=static))
         passes = len(current) if stats == "exact" else 0
@@ -422,12 +434,16 @@ def stylize_tiled(stylizer: Any, image: np.ndarray, condition: Any, masks: np.nd
             current[key] = acc
         if norm_stats is None:
             norm_stats = tiling.finish(current)
+        if strength is not None:
+            cond = strength.finish(cond, norm_stats)
         if out is None:
             out = np.empty((h, w, 3), np.float32)
         for rows, cols in tile_plan.tiles():
             xt = as_float(_crop(image, rows, cols, shape))[None]
             y = forward(p, f, jnp.asarray(xt), cond, _crop_masks(masks, rows, cols, shape), a, norm_stats,
                         static=static)
+            if strength is not None:
+                y = strength.mix(y, xt, rows, cols)
             if luminance:
                 y = color.luminance_transfer(y, jnp.asarray(xt))
             _store(out, np.asarray(y[0], np.float32), rows, cols)

@@ -26,6 +26,7 @@ examples:
   nst-jax stylize photo.jpg --model magenta-arbitrary --style starry.jpg --content-size 0
   nst-jax stylize big.tif --style starry.jpg --content-size 0 --max-pixels 200e6 --verbose  # tiled (docs/tiling.md)
   nst-jax stylize photo.jpg --style starry.jpg --content-size 0 --tile 1024 --tile-stats thumbnail
+  nst-jax stylize big.jpg --style starry.jpg --content-size 0 --strength-map map.png  # the map in tiles too
 """
 
 
@@ -370,7 +371,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from nst_jax.image import from_uint8, load_image, load_mask, save_image
+    from nst_jax.image import load_image, load_mask, save_image
     from nst_jax.runtime import tune_allocator
 
     tune_allocator()
@@ -408,11 +409,10 @@ def run(args: argparse.Namespace) -> int:
             if smap:
                 kw["strength_map"] = _fit_masks(smap, job.content, [args.strength_map], before, args,
                                                 "strength map")[0]
-            if content.dtype == np.uint8 and not smap:
+            if content.dtype == np.uint8:  # full size (--content-size 0): tiled where it would not fit
                 out = stylizer.stylize_image(content, job_styles, progress=True, verbose=args.verbose, **kw)
-            else:  # a strength map runs in one pass (Stylizer.stylize refuses pictures that need tiles)
-                out = stylizer.stylize(from_uint8(content) if content.dtype == np.uint8 else content, job_styles,
-                                       **kw)[0]
+            else:
+                out = stylizer.stylize(content, job_styles, **kw)[0]
             save_image(job.out, out, overwrite=args.overwrite)
             if len(jobs) < 2:
                 print(job.out)

@@ -196,6 +196,11 @@ class Tiling:
         fold what depends on the whole image into the condition before tiling (the arbitrary network's strength
         mixes in the content image's own style vector), `image` the whole image or its thumbnail.
       default_stats: "exact" or "thumbnail", the `--tile-stats` default (chosen by measurement, docs/tiling.md).
+      own_condition: None, or `own_condition(norm_stats) -> Condition`: a strength map's content-own condition
+        (`Family.own_condition`, leaves with a leading axis N) read off the statistics the tiles run with, the
+        strength weights being the masks and the own condition the last of them (AdaIN: the last region's
+        relu4_1 mean/std, so that region's AdaIN is exactly the identity whichever statistics the tiles use).
+        None: `nst_jax.strength` computes `Family.own_condition` once from the whole image (or its thumbnail).
     """
 
     halo: int
@@ -205,6 +210,7 @@ class Tiling:
     finish: Callable[..., Any]
     prepare: Callable[..., Any] | None = None
     default_stats: str = "exact"
+    own_condition: Callable[..., Any] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ import numpy as np
 
 from nst_jax.convs import area, weighted_moments
 from nst_jax.models import MeanVar, Moments, Tiling
-from nst_jax.models.adain.net import EPS, SCALE, TAP, _region_weights, _regions, content_features
+from nst_jax.models.adain.net import CHANNELS, EPS, SCALE, TAP, _region_weights, _regions, content_features
 from nst_jax.typing import Array, Params
 
 
@@ -44,7 +44,16 @@ def finish(moments: Mapping[str, Moments]) -> MeanVar:
     return MeanVar(jnp.asarray(m.mean, jnp.float32), jnp.asarray(var, jnp.float32))
 
 
+def own_condition(norm_stats: MeanVar) -> dict[str, Array]:
+    """A strength map's own condition from the per-region statistics the tiles run with (`Tiling.own_condition`):
+    the last region's mean and std, as `net.own_condition` measures them, so its AdaIN is the identity."""
+    n = norm_stats.mean.shape[0]
+    shape = (n, 1, 1, CHANNELS)
+    return {"mean": jnp.reshape(norm_stats.mean[:, -1], shape), "std": jnp.sqrt(norm_stats.var[:, -1]).reshape(shape)}
+
+
 # halo: the receptive-field radius of the encoder to relu4_1 and the decoder, measured by perturbation: 101 px
 # (tests/test_tiling.py), plus one alignment step, a multiple of 8. bytes_per_pixel: XLA's memory_analysis
 # (benchmarks/tiling.py --measure) x 1.5 headroom.
-TILING = Tiling(halo=112, align=8, bytes_per_pixel=1200.0, moments=moments, finish=finish, default_stats="exact")
+TILING = Tiling(halo=112, align=8, bytes_per_pixel=1200.0, moments=moments, finish=finish, default_stats="exact",
+                own_condition=own_condition)
