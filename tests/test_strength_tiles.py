@@ -13,13 +13,13 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
+from test_tiling import _photo, _sizes, _style
 
 import toy_family as toy
 from nst_jax import cli, models, strength, tiling
 from nst_jax.image import to_uint8
 from nst_jax.models.open import Loaded
 from nst_jax.stylize import Stylizer
-from test_tiling import _photo, _sizes, _style
 
 TOL = 1e-4
 
