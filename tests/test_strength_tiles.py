@@ -58,6 +58,7 @@ def _check(st: Stylizer, masks: bool = False, alpha: float = 0.8) -> None:
     assert np.abs(tiled - plain).max() > 0.05
 
 
+@pytest.mark.slow  # whole-network compiles at 3 x 3 tiles: the full suite runs it
 def test_adain_strength_tiled_equals_untiled(random_model):
     _check(random_model)
 
@@ -67,6 +68,7 @@ def test_adain_strength_masks_tiled(random_model):
     _check(random_model, masks=True, alpha=1.0)
 
 
+@pytest.mark.slow  # whole-network compiles at 3 x 3 tiles: the full suite runs it
 def test_multistyle26_strength_tiled_equals_untiled(multistyle26):
     _check(multistyle26)
 
@@ -76,6 +78,7 @@ def test_multistyle26_strength_masks_tiled(multistyle26):
     _check(multistyle26, masks=True)
 
 
+@pytest.mark.slow  # whole-network compiles at 3 x 3 tiles: the full suite runs it
 def test_arbitrary_strength_tiled_equals_untiled(magenta_arbitrary):
     # the content's own style vector (the map's second "style") and alpha's mix both from the whole image
     _check(magenta_arbitrary)
@@ -111,6 +114,7 @@ def test_prepare_does_not_copy_a_float32_map():
     assert strength.prepare(m[::2, ::2], 1, (30, 40)).shape == (1, 30, 40)  # another size: stretched
 
 
+@pytest.mark.slow  # whole-network compiles at 3 x 3 tiles: the full suite runs it
 def test_stylize_image_tiles_a_strength_map(multistyle26):
     st = multistyle26
     tile, side = _sizes(st.family.tiling)
@@ -122,6 +126,7 @@ def test_stylize_image_tiles_a_strength_map(multistyle26):
     assert np.abs(out.astype(np.int16) - ref).max() <= 1
 
 
+@pytest.mark.slow  # whole-network compiles at 3 x 3 tiles: the full suite runs it
 def test_cli_strength_map_in_tiles(tmp_path, monkeypatch, capsys, multistyle26):
     photo, smap = tmp_path / "photo.png", tmp_path / "map.png"
     Image.fromarray(to_uint8(_photo(224, 240)[0])).save(photo)

@@ -122,6 +122,7 @@ def test_multistyle26_tiled_equals_untiled(multistyle26):
     _check_family(multistyle26, alpha=0.7)
 
 
+@pytest.mark.slow  # whole-network compiles at 3 x 3 tiles: the full suite runs it
 def test_multistyle26_masks_tiled(multistyle26):
     _check_family(multistyle26, alpha=1.0, masks=True)
 
@@ -131,6 +132,7 @@ def test_arbitrary_tiled_equals_untiled(magenta_arbitrary):
     _check_family(magenta_arbitrary, alpha=0.6)
 
 
+@pytest.mark.slow  # whole-network compiles at 3 x 3 tiles: the full suite runs it
 def test_arbitrary_masks_tiled(magenta_arbitrary):
     _check_family(magenta_arbitrary, alpha=1.0, masks=True)
 
