@@ -35,6 +35,7 @@ from nst_jax.convs import (  # noqa: F401
     space_to_depth,
     transposed_kernel,
     upsample_conv,
+    weighted_moments,
 )
 from nst_jax.typing import Array
 from nst_jax.winograd import (  # noqa: F401
