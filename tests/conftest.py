@@ -139,3 +139,17 @@ def trained_run(tmp_path_factory, image_dirs):
         return runs[family]
 
     return get
+
+
+@pytest.fixture
+def toy_stylizer():
+    """A `Stylizer` of the fourth family (tests/toy_family.py, random weights), registered for the test."""
+    import toy_family as toy
+    from nst_jax import models
+    from nst_jax.models.open import Loaded
+    from nst_jax.stylize import Stylizer
+
+    family = models.register(toy.FAMILY, replace=True)
+    params = jax.tree.map(np.asarray, toy.init_params(jax.random.PRNGKey(3)))
+    yield Stylizer(Loaded(family, params, {}, toy.ToySpec(), "toy (random weights)"))
+    models.unregister(toy.NAME)

@@ -9,29 +9,16 @@ map is its alpha-0 picture even where the whole image is over the thumbnail size
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 import pytest
 from PIL import Image
 from test_tiling import _photo, _sizes, _style
 
-import toy_family as toy
-from nst_jax import cli, models, strength, tiling
+from nst_jax import cli, strength, tiling
 from nst_jax.image import to_uint8
-from nst_jax.models.open import Loaded
 from nst_jax.stylize import Stylizer
 
 TOL = 1e-4
-
-
-@pytest.fixture
-def toy_stylizer():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(models.MODELS, toy.NAME, "toy_family")
-        family = models.get(toy.NAME)
-        params = jax.tree.map(np.asarray, toy.init_params(jax.random.PRNGKey(3)))
-        yield Stylizer(Loaded(family, params, {}, toy.ToySpec(), "toy (random weights)"))
-    models._CACHE.pop(toy.NAME, None)
 
 
 def _map(hw: tuple[int, int]) -> np.ndarray:

@@ -15,11 +15,9 @@ import pytest
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-import toy_family as toy
 from nst_jax import cli, models, tiling
 from nst_jax.errors import ImageError, NstError
 from nst_jax.image import load_uint8
-from nst_jax.models.open import Loaded
 from nst_jax.stylize import Stylizer
 
 TOL = 1e-4
@@ -135,16 +133,6 @@ def test_arbitrary_tiled_equals_untiled(magenta_arbitrary):
 @pytest.mark.slow  # whole-network compiles at 3 x 3 tiles: the full suite runs it
 def test_arbitrary_masks_tiled(magenta_arbitrary):
     _check_family(magenta_arbitrary, alpha=1.0, masks=True)
-
-
-@pytest.fixture
-def toy_stylizer():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(models.MODELS, toy.NAME, "toy_family")
-        family = models.get(toy.NAME)
-        params = jax.tree.map(np.asarray, toy.init_params(jax.random.PRNGKey(3)))
-        yield Stylizer(Loaded(family, params, {}, toy.ToySpec(), "toy (random weights)"))
-    models._CACHE.pop(toy.NAME, None)
 
 
 def test_toy_family_tiles(toy_stylizer):
